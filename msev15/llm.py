@@ -1,0 +1,265 @@
+"""ModelClient seam and the OpenAI-compatible (and Azure) implementation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
+
+import httpx2
+import openai
+import orjson
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+    type: Literal["text"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRequest:
+    id: str
+    name: str
+    arguments: str  # the raw JSON text the model produced
+    type: Literal["tool_call"] = "tool_call"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFinish:
+    reason: str
+    type: Literal["finish"] = "finish"
+
+
+ModelEvent = TextDelta | ToolCallRequest | ModelFinish
+
+
+class ModelUnavailable(Exception):
+    """The model could not be reached or failed after the allowed retries."""
+
+
+class ModelClient(Protocol):
+    """A chat model that streams text and tool calls.
+
+    Args:
+        messages: Chat Completions messages (system, user, assistant with tool_calls, tool).
+        tools: Chat Completions `tools` entries; empty means none are offered.
+    """
+
+    provider: str
+    model_name: str
+
+    def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[ModelEvent]: ...
+
+    async def check(self) -> str:
+        """ "ok" or a short reason; used by readiness, so it must be quick."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+_RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class OpenAIChatModel:
+    """Chat Completions over the official client, parsed from the raw stream with orjson.
+
+    The raw streaming response keeps the client's auth, Azure and base-URL handling while
+    avoiding a pydantic object per chunk (the hot path of every streamed answer).
+    """
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        model: str,
+        provider: str,
+        max_retries: int = 3,
+        retry_base: float = 0.5,
+        temperature: float | None = 0.2,
+    ) -> None:
+        self._client = client
+        self.model_name = model
+        self.provider = provider
+        self.max_retries = max_retries
+        self.retry_base = retry_base
+        self.temperature = temperature
+
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[ModelEvent]:
+        params: dict[str, Any] = {"model": self.model_name, "messages": messages, "stream": True}
+        if self.temperature is not None:
+            params["temperature"] = self.temperature
+        if tools:
+            params["tools"] = tools
+        attempt = 0
+        while True:
+            emitted = False
+            try:
+                async for event in self._one_stream(params):
+                    emitted = True
+                    yield event
+                return
+            except _Retryable as exc:
+                if emitted or attempt >= self.max_retries:
+                    raise ModelUnavailable(exc.reason) from None
+                delay = self.retry_base * (2**attempt) * (0.5 + random.random())  # noqa: S311 - jitter
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, 30.0))
+                log.warning("model call failed (%s); retry %d in %.2fs", exc.reason, attempt + 1, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _one_stream(self, params: dict[str, Any]) -> AsyncIterator[ModelEvent]:
+        calls: dict[int, dict[str, str]] = {}
+        finish: str | None = None
+        done = False
+        try:
+            async with self._client.chat.completions.with_streaming_response.create(**params) as response:
+                async for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    chunk = orjson.loads(data)
+                    if chunk.get("error"):
+                        raise _Retryable(f"model stream error: {_short(chunk['error'])}")
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content")
+                        if content:
+                            yield TextDelta(content)
+                        for part in delta.get("tool_calls") or ():
+                            slot = calls.setdefault(
+                                part.get("index", len(calls)), {"id": "", "name": "", "args": ""}
+                            )
+                            if part.get("id"):
+                                slot["id"] = part["id"]
+                            function = part.get("function") or {}
+                            if function.get("name"):
+                                slot["name"] += function["name"]
+                            if function.get("arguments"):
+                                slot["args"] += function["arguments"]
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+        except openai.APIStatusError as exc:
+            if exc.status_code in _RETRYABLE_STATUS:
+                raise _Retryable(
+                    f"model server answered {exc.status_code}", _retry_after(exc.response)
+                ) from None
+            raise ModelUnavailable(f"model server refused the request ({exc.status_code})") from None
+        except openai.APITimeoutError:
+            raise _Retryable("model server timed out") from None
+        except openai.APIConnectionError:
+            raise _Retryable("model server unreachable") from None
+        except httpx2.TimeoutException:
+            raise _Retryable("model stream timed out") from None
+        except (httpx2.TransportError, httpx2.StreamError) as exc:
+            raise _Retryable(f"model stream broke off ({type(exc).__name__})") from None
+        except orjson.JSONDecodeError:
+            raise _Retryable("model stream sent malformed data") from None
+        if not done and finish is None:
+            raise _Retryable("model stream ended before it finished")
+        for index in sorted(calls):
+            slot = calls[index]
+            yield ToolCallRequest(slot["id"] or f"call_{index}", slot["name"], slot["args"])
+        yield ModelFinish(finish or "stop")
+
+    async def check(self) -> str:
+        try:
+            await self._client.with_options(timeout=2.0, max_retries=0).models.list()
+        except openai.AuthenticationError:
+            return "unauthorized: the model server rejected the API key"
+        except openai.APIStatusError:
+            return "ok"  # reachable; some compatible servers have no /models
+        except openai.APIConnectionError as exc:
+            return f"unreachable: {type(exc).__name__}"
+        return "ok"
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _short(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message", "error"))[:200]
+    return str(error)[:200]
+
+
+def _timeout(settings: Settings) -> httpx2.Timeout:
+    return httpx2.Timeout(settings.model_timeout_seconds, connect=min(5.0, settings.model_timeout_seconds))
+
+
+def create_model(settings: Settings) -> ModelClient:
+    """The model API.md's selection rules choose."""
+    provider = settings.model_provider
+    if provider == "azure":
+        if not settings.azure_openai_api_key:
+            raise ValueError("LLM_PROVIDER=azure needs AZURE_OPENAI_API_KEY")
+        endpoint = settings.azure_openai_endpoint or _origin(settings.azure_ai_project_endpoint)
+        if not endpoint:
+            raise ValueError("LLM_PROVIDER=azure needs AZURE_OPENAI_ENDPOINT or AZURE_AI_PROJECT_ENDPOINT")
+        client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
+            azure_endpoint=endpoint,
+            api_key=settings.azure_openai_api_key.get_secret_value(),
+            api_version=settings.azure_openai_api_version,
+            azure_deployment=settings.azure_openai_responses_deployment_name,
+            timeout=_timeout(settings),
+            max_retries=0,
+        )
+        model = settings.azure_openai_responses_deployment_name
+    elif provider == "openai":
+        client = openai.AsyncOpenAI(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed",
+            timeout=_timeout(settings),
+            max_retries=0,
+        )
+        model = settings.openai_model
+    else:
+        from .offline import OfflineModel
+
+        return OfflineModel()
+    return OpenAIChatModel(
+        client,
+        model,
+        provider,
+        max_retries=settings.model_max_retries,
+        retry_base=settings.model_retry_base_seconds,
+        temperature=settings.model_temperature,
+    )
+
+
+def _origin(url: str | None) -> str | None:
+    """The resource origin of an Azure AI project endpoint (…/api/projects/NAME)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -1,0 +1,189 @@
+"""One settings object, read from the environment and `.env`, validated at start."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MCP_URL = "http://localhost:8000/mcp"
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; names match API.md and `.env.example`."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Server
+    server_host: str = "0.0.0.0"
+    server_port: int = Field(9080, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_to_file: bool = True
+    log_file_path: Path = Path("./logs/app.log")
+    log_max_size_mb: int = Field(10, ge=1, le=10_000)
+    log_backup_count: int = Field(5, ge=0, le=1000)
+    enable_cors: bool = False
+    cors_origins: str = "*"
+    max_request_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+    # Security
+    api_keys: SecretStr | None = None
+    trusted_proxies: str = ""
+    enable_rate_limiting: bool = True
+    rate_limit_per_minute: int = Field(120, ge=1, le=1_000_000)
+
+    # Model
+    llm_provider: Literal["auto", "offline", "openai", "azure"] = "auto"
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_model: str = "gpt-4o"
+    azure_openai_api_key: SecretStr | None = None
+    azure_ai_project_endpoint: str | None = None
+    azure_openai_endpoint: str | None = None
+    azure_openai_responses_deployment_name: str = "gpt-4o"
+    azure_openai_api_version: str = "2024-10-21"
+    model_timeout_seconds: float = Field(60.0, gt=0, le=600)
+    model_max_retries: int = Field(3, ge=0, le=10)
+    model_retry_base_seconds: float = Field(0.5, ge=0, le=30)
+    model_temperature: float = Field(0.2, ge=0, le=2)
+
+    # Agent limits
+    max_tool_rounds: int = Field(8, ge=1, le=50)
+    tool_timeout_seconds: float = Field(15.0, gt=0, le=600)
+    tool_result_max_chars: int = Field(8000, ge=200, le=1_000_000)
+    turn_timeout_seconds: float = Field(120.0, gt=0, le=3600)
+    model_context_chars: int = Field(48_000, ge=2000, le=10_000_000)
+    require_confirmation: bool = True
+    approval_ttl_seconds: int = Field(900, ge=10, le=7 * 86400)
+
+    # Sessions
+    session_store: Literal["memory", "sqlite", "redis"] = "memory"
+    session_db_path: Path = Path("./data/sessions.db")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    session_ttl_seconds: int = Field(86_400, ge=1, le=365 * 86400)
+    max_sessions: int = Field(100_000, ge=1, le=10_000_000)
+    max_sessions_per_tenant: int = Field(10_000, ge=1, le=10_000_000)
+    max_messages_per_session: int = Field(200, ge=2, le=100_000)
+
+    # Orders
+    order_db_path: Path = Path("./data/orders.db")
+    seed_demo_data: bool = True
+
+    # Email
+    smtp_server: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_use_tls: bool = True
+    sender_email: str = "support@example.com"
+    sender_password: SecretStr | None = None
+    sender_name: str = "Customer Support"
+    email_allowed_recipients: str = ""
+    outbox_dir: Path = Path("./data/outbox")
+
+    # MCP
+    mcp_server_url: str = DEFAULT_MCP_URL
+    mcp_server_required: bool = False
+    mcp_autostart: bool = True
+    mcp_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    mcp_reconnect_seconds: float = Field(5.0, gt=0, le=3600)
+
+    @field_validator("openai_base_url", "azure_ai_project_endpoint", "azure_openai_endpoint", "smtp_server")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("api_keys", "openai_api_key", "azure_openai_api_key", "sender_password", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_api_keys(value.get_secret_value())
+        return value
+
+    # Derived views -----------------------------------------------------------------
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def api_key_map(self) -> dict[str, str]:
+        """API key -> tenant; empty means auth is off."""
+        return _parse_api_keys(self.api_keys.get_secret_value()) if self.api_keys else {}
+
+    @property
+    def allowed_recipient_patterns(self) -> list[str]:
+        return [p.strip().lower() for p in self.email_allowed_recipients.split(",") if p.strip()]
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
+
+    @property
+    def model_provider(self) -> Literal["offline", "openai", "azure"]:
+        """The provider API.md's selection rules pick."""
+        if self.llm_provider != "auto":
+            return self.llm_provider
+        if self.azure_openai_api_key and (self.azure_ai_project_endpoint or self.azure_openai_endpoint):
+            return "azure"
+        if self.openai_base_url or self.openai_api_key:
+            return "openai"
+        return "offline"
+
+    def masked(self) -> dict[str, Any]:
+        """Printable form: every secret replaced, URLs stripped of credentials."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name.upper()] = "***" if value.get_secret_value() else ""
+            elif isinstance(value, str) and "://" in value:
+                out[name.upper()] = _mask_url(value)
+            elif isinstance(value, Path):
+                out[name.upper()] = str(value)
+            else:
+                out[name.upper()] = value
+        return out
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,255}$")
+
+
+def _parse_api_keys(raw: str) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, tenant = item.rpartition(":")
+        if not sep or not key or not _ID_RE.match(tenant):
+            raise ValueError("each entry must be KEY:TENANT with a valid tenant id")
+        keys[key] = tenant
+    return keys
+
+
+def _mask_url(url: str) -> str:
+    return re.sub(r"(://)([^/@]+)@", r"\1***@", url)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning pydantic's error into one naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,276 @@
+"""HTTP edge: chat (JSON and SSE), sessions, health and the page."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Blueprint, Quart, Response, g, render_template, request
+from quart_schema import document_response, tag
+
+from . import __version__
+from .agent import (
+    ApprovalAnswer,
+    ApprovalRequiredEvent,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    ToolCallEvent,
+    ToolResultEvent,
+    Turn,
+    event_dict,
+)
+from .errors import AppError, BadRequest, NotFound, Unavailable
+from .jsonio import dumpb, iso, json_response, utcnow
+from .logs import client_ip_var, request_id_var, session_id_var, tenant_id_var
+from .schemas import (
+    ChatRequest,
+    ChatResponse,
+    Deleted,
+    ErrorResponse,
+    Health,
+    Readiness,
+    SessionHistory,
+    SessionList,
+    TenantQuery,
+    check_identifier,
+    json_body,
+    parse_query,
+)
+from .security import authorize, client_ip, require_api_key
+from .services import run_checks, services
+from .streaming import pump
+
+api = Blueprint("api", __name__, url_prefix="/api/v1")
+health = Blueprint("health", __name__)
+page = Blueprint("page", __name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_ERROR_STATUS = {"validation_error": 400, "unavailable": 503, "internal_error": 500}
+
+
+def install_request_context(app: Quart) -> None:
+    """Request id, client ip and log context for every request and WebSocket."""
+
+    async def _begin() -> None:
+        supplied = request.headers.get("X-Request-ID", "")
+        g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        request_id_var.set(g.request_id)
+        client_ip_var.set(client_ip())
+        session_id_var.set(None)
+        tenant_id_var.set(None)
+
+    app.before_request(_begin)
+    app.before_websocket(_begin)
+
+    @app.after_request
+    async def _stamp(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        return response
+
+
+@api.before_request
+async def _auth() -> None:
+    require_api_key()
+
+
+# Chat --------------------------------------------------------------------------------------
+
+
+def turn_from(data: ChatRequest) -> Turn:
+    """Authorise the tenant and build the agent's input; shared by every transport."""
+    tenant = authorize(data.tenant_id if "tenant_id" in data.model_fields_set else None)
+    session_id_var.set(data.session_id)
+    tenant_id_var.set(tenant)
+    approvals = tuple(ApprovalAnswer(a.id, a.approve) for a in data.approvals or ())
+    return Turn(tenant, data.session_id, g.request_id, data.message, approvals)
+
+
+@api.post("/chat")
+@tag(["chat"])
+@json_body(ChatRequest)
+@document_response(ChatResponse)
+@document_response(ErrorResponse, 400)
+async def chat(data: ChatRequest) -> Response:
+    """Send a message and get the whole answer (the event stream, collected)."""
+    turn = turn_from(data)
+    calls: dict[str, dict[str, Any]] = {}
+    approvals: list[dict[str, Any]] = []
+    async for event in services().agent.run(turn):
+        if isinstance(event, ToolCallEvent):
+            calls[event.id] = {"id": event.id, "name": event.name, "arguments": event.arguments, "ok": False}
+        elif isinstance(event, ToolResultEvent):
+            calls.setdefault(event.id, {"id": event.id, "name": event.name, "arguments": {}})["ok"] = event.ok
+        elif isinstance(event, ApprovalRequiredEvent):
+            approvals.append(
+                {"id": event.id, "name": event.name, "arguments": event.arguments, "summary": event.summary}
+            )
+        elif isinstance(event, ErrorEvent):
+            raise _error_for(event)
+        elif isinstance(event, DoneEvent):
+            body: dict[str, Any] = {
+                "session_id": turn.session_id,
+                "tenant_id": turn.tenant_id,
+                "message": event.message,
+                "timestamp": iso(utcnow()),
+                "message_count": event.message_count,
+                "request_id": turn.request_id,
+                "tool_calls": list(calls.values()),
+            }
+            if approvals:
+                body["approvals_required"] = approvals
+            return json_response(body)
+    raise AppError("the turn ended without an answer")
+
+
+def _error_for(event: ErrorEvent) -> AppError:
+    status = _ERROR_STATUS.get(event.code, 500)
+    if status == 400:
+        return BadRequest(event.error)
+    if status == 503:
+        return Unavailable(event.error)
+    return AppError(event.error)
+
+
+@api.post("/chat/stream")
+@tag(["chat"])
+@json_body(ChatRequest)
+@document_response(ErrorResponse, 400)
+async def chat_stream(data: ChatRequest) -> Response:
+    """Send a message and get the answer as Server-Sent Events (one `data:` JSON per event)."""
+    turn = turn_from(data)
+    agent = services().agent
+
+    async def body() -> AsyncIterator[bytes]:
+        async for event in pump(agent.run(turn), keepalive=15.0):
+            if event is None:
+                yield b": keep-alive\n\n"
+            else:
+                yield b"data: " + dumpb(event_dict(event, turn.tenant_id, turn.session_id)) + b"\n\n"
+
+    response = Response(body(), content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    response.timeout = None  # a stream lasts as long as the turn; the agent bounds it
+    return response
+
+
+def stream_events(turn: Turn) -> AsyncIterator[Event | None]:
+    """The event stream of a turn, as the WebSocket channel consumes it."""
+    return pump(services().agent.run(turn), keepalive=None)
+
+
+# Sessions ----------------------------------------------------------------------------------
+
+
+@api.get("/sessions")
+@tag(["sessions"])
+@document_response(SessionList)
+async def list_sessions() -> Response:
+    """The tenant's sessions, most recently active first."""
+    query = parse_query(TenantQuery, request.args)
+    tenant = authorize(query.tenant_id if "tenant_id" in query.model_fields_set else None)
+    found = await services().sessions.list(tenant)
+    return json_response({"tenant_id": tenant, "sessions": [s.summary() for s in found], "count": len(found)})
+
+
+@api.get("/sessions/<session_id>/history")
+@tag(["sessions"])
+@document_response(SessionHistory)
+@document_response(ErrorResponse, 404)
+async def session_history(session_id: str) -> Response:
+    """Every stored message of one session."""
+    tenant, session_id = _session_target(session_id)
+    session = await services().sessions.get(tenant, session_id)
+    if session is None:
+        raise NotFound(f"session {session_id!r} was not found")
+    return json_response(
+        {
+            "session_id": session.session_id,
+            "tenant_id": session.tenant_id,
+            "messages": [m.to_api() for m in session.messages],
+            "created_at": iso(session.created_at),
+            "last_activity": iso(session.last_activity),
+            "metadata": _public_metadata(session.metadata),
+        }
+    )
+
+
+@api.delete("/sessions/<session_id>")
+@tag(["sessions"])
+@document_response(Deleted)
+@document_response(ErrorResponse, 404)
+async def delete_session(session_id: str) -> Response:
+    """Forget a session and its history."""
+    tenant, session_id = _session_target(session_id)
+    store = services().sessions
+    async with store.lock(tenant, session_id):  # never delete under a running turn
+        deleted = await store.delete(tenant, session_id)
+    if not deleted:
+        raise NotFound(f"session {session_id!r} was not found")
+    return json_response({"deleted": True, "session_id": session_id, "tenant_id": tenant})
+
+
+def _session_target(session_id: str) -> tuple[str, str]:
+    query = parse_query(TenantQuery, request.args)
+    tenant = authorize(query.tenant_id if "tenant_id" in query.model_fields_set else None)
+    session_id_var.set(session_id)
+    tenant_id_var.set(tenant)
+    return tenant, check_identifier(session_id, "session_id")
+
+
+def _public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metadata.items() if not k.startswith("_")}
+
+
+# Health ------------------------------------------------------------------------------------
+
+
+def _health_body() -> dict[str, Any]:
+    return {"status": "healthy", "timestamp": iso(utcnow()), "uptime_seconds": services().uptime()}
+
+
+@health.get("/health")
+@tag(["health"])
+@document_response(Health)
+async def health_check() -> Response:
+    """Is the process up? No outside calls."""
+    return json_response(_health_body())
+
+
+@health.get("/health/liveness")
+@tag(["health"])
+@document_response(Health)
+async def liveness() -> Response:
+    """Is the process up? No outside calls."""
+    return json_response(_health_body())
+
+
+@health.get("/health/readiness")
+@tag(["health"])
+@document_response(Readiness)
+@document_response(Readiness, 503)
+async def readiness() -> Response:
+    """Can it serve? Database and model are critical; MCP and SMTP only degrade."""
+    found = services()
+    status, checks, warnings = await run_checks(found)
+    body = {
+        "status": status,
+        "timestamp": iso(utcnow()),
+        "uptime_seconds": found.uptime(),
+        "checks": checks,
+        "warnings": warnings,
+    }
+    return json_response(body, 503 if status == "unhealthy" else 200)
+
+
+# Page --------------------------------------------------------------------------------------
+
+
+@page.get("/")
+async def index() -> str:
+    """The chat page."""
+    found = services()
+    return await render_template("index.html", version=__version__, provider=found.model.provider)

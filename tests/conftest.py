@@ -1,0 +1,85 @@
+"""Shared fixtures: settings in a temp folder, the app, its test client, and the real test servers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+from quart.typing import TestClientProtocol
+
+from msev15 import create_app
+from msev15.settings import Settings, load_settings
+from tests.openai_server import ScriptedOpenAI, running_openai_server
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings that touch nothing outside tmp_path and call nothing outside loopback."""
+    base: dict[str, Any] = {
+        "order_db_path": tmp_path / "orders.db",
+        "session_db_path": tmp_path / "sessions.db",
+        "outbox_dir": tmp_path / "outbox",
+        "log_to_file": False,
+        "log_level": "WARNING",
+        "llm_provider": "offline",
+        "mcp_server_url": "http://127.0.0.1:9/mcp",  # nothing listens on the discard port
+        "mcp_autostart": False,
+        "mcp_reconnect_seconds": 0.2,
+        "enable_rate_limiting": False,
+        "model_retry_base_seconds": 0.01,
+        "smtp_server": None,
+        "api_keys": None,
+    }
+    base.update(overrides)
+    return load_settings(_env_file=None, **base)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Quart]:
+    application = create_app(settings)
+    async with application.test_app() as test_app:
+        yield test_app.app  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def client(app: Quart) -> TestClientProtocol:
+    return app.test_client()
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[ScriptedOpenAI]:
+    """A real OpenAI-compatible HTTP server on 127.0.0.1 playing scripted replies."""
+    async with running_openai_server() as server:
+        yield server
+
+
+@pytest.fixture
+def model_settings(tmp_path: Path, openai_server: ScriptedOpenAI) -> Settings:
+    """Settings pointing the real `openai` client at the scripted server."""
+    return make_settings(
+        tmp_path,
+        llm_provider="auto",
+        openai_base_url=openai_server.base_url,
+        openai_api_key="test-key",
+        model_timeout_seconds=2.0,
+        model_max_retries=2,
+    )
+
+
+@pytest.fixture
+async def model_app(model_settings: Settings) -> AsyncIterator[Quart]:
+    application = create_app(model_settings)
+    async with application.test_app() as test_app:
+        yield test_app.app  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def model_client(model_app: Quart) -> TestClientProtocol:
+    return model_app.test_client()
