@@ -82,13 +82,17 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
     """Open every part; on failure, close what was opened and re-raise."""
     stack = contextlib.AsyncExitStack()
     try:
-        model = overrides.model or create_model(settings)
+        model = overrides.model if overrides.model is not None else create_model(settings)
         stack.push_async_callback(model.close)
-        sessions = overrides.sessions or MemorySessionStore(
-            ttl_seconds=settings.session_ttl_seconds,
-            max_sessions=settings.max_sessions,
-            max_per_tenant=settings.max_sessions_per_tenant,
-            max_messages=settings.max_messages_per_session,
+        sessions = (
+            overrides.sessions
+            if overrides.sessions is not None
+            else MemorySessionStore(
+                ttl_seconds=settings.session_ttl_seconds,
+                max_sessions=settings.max_sessions,
+                max_per_tenant=settings.max_sessions_per_tenant,
+                max_messages=settings.max_messages_per_session,
+            )
         )
         stack.push_async_callback(sessions.close)
         tools = ToolRegistry(settings.tool_timeout_seconds, settings.tool_result_max_chars)

@@ -192,14 +192,11 @@ class ToolRegistry:
             self._specs = [t.spec() for t in self._tools.values()]
         return self._specs
 
-    def prepare(
-        self, name: str, raw_arguments: str | dict[str, Any] | None
-    ) -> tuple[Tool, Any, dict[str, Any]]:
+    def prepare(self, name: str, arguments: dict[str, Any]) -> tuple[Tool, Any, dict[str, Any]]:
         """Look up and validate; returns the tool, validated args and their plain-dict form."""
         tool = self._tools.get(name)
         if tool is None:
             raise ToolError(f"there is no tool called {name!r}")
-        arguments = parse_arguments(raw_arguments)
         try:
             validated = tool.validate(arguments)
         except ValidationError as exc:
@@ -212,9 +209,10 @@ class ToolRegistry:
     ) -> ToolResult:
         """Validate, run with a timeout and bounded retries, and contain every failure."""
         started = time.perf_counter()
-        plain: dict[str, Any] = raw_arguments if isinstance(raw_arguments, dict) else {}
+        plain: dict[str, Any] = {}
         try:
-            tool, validated, plain = self.prepare(name, raw_arguments)
+            plain = parse_arguments(raw_arguments)
+            tool, validated, plain = self.prepare(name, plain)
             value = await self._run(tool, validated, ctx)
             result = ToolResult(True, self._clip(_render(value)), None, _ms(started))
         except ToolError as exc:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
 
-from quart import Blueprint, Quart, Response, g, render_template, request
+from quart import Blueprint, Quart, Response, g, render_template, request, websocket
+from quart.globals import websocket_ctx
 from quart_schema import document_response, tag
 
 from . import __version__
@@ -55,7 +57,8 @@ def install_request_context(app: Quart) -> None:
     """Request id, client ip and log context for every request and WebSocket."""
 
     async def _begin() -> None:
-        supplied = request.headers.get("X-Request-ID", "")
+        source = websocket if websocket_ctx else request
+        supplied = source.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
         request_id_var.set(g.request_id)
         client_ip_var.set(client_ip())
@@ -144,11 +147,13 @@ async def chat_stream(data: ChatRequest) -> Response:
     agent = services().agent
 
     async def body() -> AsyncIterator[bytes]:
-        async for event in pump(agent.run(turn), keepalive=15.0):
-            if event is None:
-                yield b": keep-alive\n\n"
-            else:
-                yield b"data: " + dumpb(event_dict(event, turn.tenant_id, turn.session_id)) + b"\n\n"
+        # aclosing: when the client goes away mid-answer the turn is cancelled now, not at GC time.
+        async with contextlib.aclosing(_pumped(pump(agent.run(turn), keepalive=15.0))) as events:
+            async for event in events:
+                if event is None:
+                    yield b": keep-alive\n\n"
+                else:
+                    yield b"data: " + dumpb(event_dict(event, turn.tenant_id, turn.session_id)) + b"\n\n"
 
     response = Response(body(), content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -157,9 +162,14 @@ async def chat_stream(data: ChatRequest) -> Response:
     return response
 
 
-def stream_events(turn: Turn) -> AsyncIterator[Event | None]:
-    """The event stream of a turn, as the WebSocket channel consumes it."""
-    return pump(services().agent.run(turn), keepalive=None)
+def stream_events(turn: Turn) -> AsyncGenerator[Event | None, None]:
+    """The event stream of a turn, as the WebSocket channel consumes it (close it with aclosing)."""
+    return _pumped(pump(services().agent.run(turn), keepalive=None))
+
+
+def _pumped(events: AsyncIterator[Event | None]) -> AsyncGenerator[Event | None, None]:
+    """`pump` is an async generator; say so, so callers may close it deterministically."""
+    return cast(AsyncGenerator[Event | None, None], events)
 
 
 # Sessions ----------------------------------------------------------------------------------
@@ -274,3 +284,9 @@ async def index() -> str:
     """The chat page."""
     found = services()
     return await render_template("index.html", version=__version__, provider=found.model.provider)
+
+
+@page.get("/docs")
+async def docs() -> str:
+    """A readable page for the OpenAPI document, served locally (no CDN)."""
+    return await render_template("docs.html", version=__version__)

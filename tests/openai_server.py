@@ -73,7 +73,9 @@ class ScriptedOpenAI:
                 if reply.times == 0:
                     self.script.popleft()
             return reply
-        last = next((m.get("content") or "" for m in reversed(body.get("messages", [])) if m["role"] == "user"), "")
+        last = next(
+            (m.get("content") or "" for m in reversed(body.get("messages", [])) if m["role"] == "user"), ""
+        )
         if self.tokens is None:
             return Reply.say(f"Echo: {last}")
         return Reply(text=" ".join(f"tok{i}" for i in range(self.tokens)), delay=self.delay)
@@ -84,8 +86,10 @@ class ScriptedOpenAI:
         @app.get("/v1/models")
         @app.get("/openai/models")
         async def models() -> Response:
-            return Response(orjson.dumps({"object": "list", "data": [{"id": "test-model", "object": "model"}]}),
-                            content_type="application/json")
+            return Response(
+                orjson.dumps({"object": "list", "data": [{"id": "test-model", "object": "model"}]}),
+                content_type="application/json",
+            )
 
         @app.post("/v1/chat/completions")
         @app.post("/openai/deployments/<deployment>/chat/completions")
@@ -99,8 +103,12 @@ class ScriptedOpenAI:
                 await asyncio.sleep(reply.hang)
             if reply.status != 200:
                 payload = {"error": {"message": f"scripted {reply.status}", "type": "server_error"}}
-                return Response(orjson.dumps(payload), status=reply.status, content_type="application/json",
-                                headers={"retry-after": "0"} if reply.status == 429 else {})
+                return Response(
+                    orjson.dumps(payload),
+                    status=reply.status,
+                    content_type="application/json",
+                    headers={"retry-after": "0"} if reply.status == 429 else {},
+                )
             cid = f"chatcmpl-{next(self._ids)}"
             if not body.get("stream"):
                 return Response(orjson.dumps(self._whole(cid, reply)), content_type="application/json")
@@ -114,18 +122,39 @@ class ScriptedOpenAI:
         message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
         if reply.tool_calls:
             message["tool_calls"] = [
-                {"id": f"call_{i}", "type": "function",
-                 "function": {"name": n, "arguments": a if isinstance(a, str) else orjson.dumps(a).decode()}}
+                {
+                    "id": f"call_{i}",
+                    "type": "function",
+                    "function": {
+                        "name": n,
+                        "arguments": a if isinstance(a, str) else orjson.dumps(a).decode(),
+                    },
+                }
                 for i, (n, a) in enumerate(reply.tool_calls)
             ]
-        return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": "test-model",
-                "choices": [{"index": 0, "message": message,
-                             "finish_reason": "tool_calls" if reply.tool_calls else "stop"}]}
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "test-model",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                }
+            ],
+        }
 
     async def _chunks(self, cid: str, reply: Reply) -> AsyncIterator[bytes]:
         def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            chunk = {"id": cid, "object": "chat.completion.chunk", "created": 0, "model": "test-model",
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            chunk = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "test-model",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
         sent = 0
@@ -144,8 +173,18 @@ class ScriptedOpenAI:
         for index, (name, arguments) in enumerate(reply.tool_calls):
             args = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
             half = len(args) // 2  # arguments arrive in pieces, as real servers send them
-            yield frame({"tool_calls": [{"index": index, "id": f"call_{cid}_{index}", "type": "function",
-                                         "function": {"name": name, "arguments": args[:half]}}]})
+            yield frame(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": f"call_{cid}_{index}",
+                            "type": "function",
+                            "function": {"name": name, "arguments": args[:half]},
+                        }
+                    ]
+                }
+            )
             yield frame({"tool_calls": [{"index": index, "function": {"arguments": args[half:]}}]})
         if reply.die_after is not None:
             raise ConnectionAbortedError("scripted stream death")
@@ -154,7 +193,9 @@ class ScriptedOpenAI:
 
 
 @contextlib.asynccontextmanager
-async def running_openai_server(tokens: int | None = None, delay: float = 0.0) -> AsyncIterator[ScriptedOpenAI]:
+async def running_openai_server(
+    tokens: int | None = None, delay: float = 0.0
+) -> AsyncIterator[ScriptedOpenAI]:
     from tests.servers import serve_on_loopback
 
     server = ScriptedOpenAI(tokens, delay)
