@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     sender_name: str = "Customer Support"
     email_allowed_recipients: str = ""
     outbox_dir: Path = Path("./data/outbox")
+    smtp_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    smtp_retry_base_seconds: float = Field(2.0, gt=0, le=3600)
+    smtp_retry_max_seconds: float = Field(600.0, gt=0, le=86400)
 
     # MCP
     mcp_server_url: str = DEFAULT_MCP_URL
