@@ -24,9 +24,12 @@ def create_app(settings: Any = None, **overrides: Any) -> Quart:
     """
     from .errors import register_error_handlers
     from .logs import banner, configure_logging
+    from .openapi import ServiceOpenAPI
+    from .ratelimit import install_rate_limits
     from .services import EXTENSION_KEY, Overrides, open_services
     from .settings import Settings, load_settings
     from .web import api, health, install_request_context, page
+    from .ws import ws
 
     parts = Overrides(model=overrides.pop("model", None), sessions=overrides.pop("sessions", None))
     setting_names = set(Settings.model_fields)
@@ -47,12 +50,15 @@ def create_app(settings: Any = None, **overrides: Any) -> Quart:
         swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,
+        openapi_provider_class=ServiceOpenAPI,
     )
     register_error_handlers(app)
     install_request_context(app)
+    install_rate_limits(app, settings)  # after the request id exists, so a 429 carries it
     app.register_blueprint(api)
     app.register_blueprint(health)
     app.register_blueprint(page)
+    app.register_blueprint(ws)
     if settings.enable_cors:
         from .cors import install_cors
 
@@ -70,6 +76,7 @@ def create_app(settings: Any = None, **overrides: Any) -> Quart:
                 "model": found.model.model_name,
                 "sessions": settings.session_store,
                 "auth": "api keys" if settings.api_key_map else "OFF (no API_KEYS)",
+                "mcp": found.mcp.state if found.mcp is not None else "off",
             },
         )
         if not settings.api_key_map:

@@ -7,10 +7,12 @@ from typing import Any
 
 from pydantic import ValidationError
 from quart import Quart, Response, g
+from quart_rate_limiter import RateLimitExceeded
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
 from .jsonio import json_response
+from .sessions import SessionStoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +108,23 @@ def register_error_handlers(app: Quart) -> None:
     async def _app_error(error: AppError) -> Response:
         return render(error)
 
+    @app.errorhandler(SessionStoreUnavailable)
+    async def _sessions_down(error: SessionStoreUnavailable) -> Response:
+        log.warning("session store unavailable: %s", error)
+        return render(Unavailable(str(error)))
+
     @app.errorhandler(RequestSchemaValidationError)
     async def _schema_error(error: RequestSchemaValidationError) -> Response:
         inner = error.validation_error
         if isinstance(inner, ValidationError):
             return render(BadRequest("request body is invalid", validation_details(inner)))
         return render(BadRequest("request body is invalid", [{"field": "body", "message": str(inner)}]))
+
+    @app.errorhandler(RateLimitExceeded)
+    async def _rate_limited(error: RateLimitExceeded) -> Response:
+        seconds = error.retry_after if isinstance(error.retry_after, int) else 1
+        retry = str(max(1, seconds))
+        return render(RateLimited(f"too many requests; retry in {retry} s", headers={"Retry-After": retry}))
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:

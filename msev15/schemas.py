@@ -15,8 +15,13 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from quart import request
-from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE, DataSource
+from quart_schema.validation import (
+    QUART_SCHEMA_QUERYSTRING_ATTRIBUTE,
+    QUART_SCHEMA_REQUEST_ATTRIBUTE,
+    DataSource,
+)
 
 from .errors import BadRequest, validation_details
 
@@ -39,17 +44,23 @@ class ApprovalIn(_Strict):
 class ChatRequest(_Strict):
     """A customer message (or answers to pending approvals) for one session of one tenant."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"anyOf": [{"required": ["message"]}, {"required": ["approvals"]}]},
+    )
+
     session_id: Identifier
-    message: Annotated[str, StringConstraints(min_length=1, max_length=10_000)] | None = None
+    message: (
+        Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=r"\S")]
+        | SkipJsonSchema[None]
+    ) = None
     tenant_id: Identifier = "default"
-    approvals: Annotated[list[ApprovalIn], Field(max_length=50)] | None = None
+    approvals: Annotated[list[ApprovalIn], Field(min_length=1, max_length=50)] | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _message_or_approvals(self) -> ChatRequest:
-        if self.message is None and not self.approvals:
+        if self.message is None and self.approvals is None:
             raise ValueError("message is required unless approvals are given")
-        if self.message is not None and not self.message.strip():
-            raise ValueError("message must not be blank")
         return self
 
 
@@ -146,7 +157,31 @@ class TenantQuery(_Strict):
     tenant_id: Identifier = "default"
 
 
+class AuditQuery(TenantQuery):
+    session_id: Identifier | None = None
+    limit: int = Field(50, ge=1, le=200)
+    cursor: int | None = Field(None, ge=1)
+
+
+class AuditEvent(BaseModel):
+    at: str
+    session_id: str
+    request_id: str
+    tool: str
+    arguments: dict[str, Any]
+    ok: bool | None
+    error: str | None = None
+    duration_ms: float | None = None
+    decision: str | None = None
+
+
+class AuditPage(BaseModel):
+    events: list[AuditEvent]
+    next_cursor: str | None
+
+
 M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def json_body(model: type[M]) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
@@ -188,3 +223,13 @@ def check_identifier(value: str, field: str) -> str:
         raise BadRequest(
             f"{field} is invalid", [{"field": field, "message": err["msg"]} for err in exc.errors()]
         ) from None
+
+
+def query_params(model: type[M]) -> Callable[[F], F]:
+    """Document a route's query parameters (they are validated with `parse_query`)."""
+
+    def decorator(func: F) -> F:
+        setattr(func, QUART_SCHEMA_QUERYSTRING_ATTRIBUTE, model)
+        return func
+
+    return decorator

@@ -13,8 +13,14 @@ from typing import Any
 from quart import current_app
 
 from .agent import Agent, AgentLimits
+from .audit import AuditLog
 from .llm import ModelClient, create_model
-from .sessions import MemorySessionStore, SessionStore
+from .mail_tools import mail_tools
+from .mailer import Mailer
+from .mcp_tools import McpToolProvider
+from .order_tools import order_tools
+from .orders import OrderRepository
+from .sessions import SessionStore, open_session_store
 from .settings import Settings
 from .tools import ToolRegistry, builtin_tools
 
@@ -53,6 +59,11 @@ class Services:
     checks: list[Check] = field(default_factory=list)
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    mcp: McpToolProvider | None = None
+    orders: OrderRepository | None = None
+    mailer: Mailer | None = None
+    audit: AuditLog | None = None
+    redis: Any = None  # the session store's redis.asyncio client when SESSION_STORE=redis (share it)
 
     def uptime(self) -> float:
         return round(time.time() - self.started_at, 3)
@@ -85,30 +96,50 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
         model = overrides.model if overrides.model is not None else create_model(settings)
         stack.push_async_callback(model.close)
         sessions = (
-            overrides.sessions
-            if overrides.sessions is not None
-            else MemorySessionStore(
-                ttl_seconds=settings.session_ttl_seconds,
-                max_sessions=settings.max_sessions,
-                max_per_tenant=settings.max_sessions_per_tenant,
-                max_messages=settings.max_messages_per_session,
-            )
+            overrides.sessions if overrides.sessions is not None else await open_session_store(settings)
         )
         stack.push_async_callback(sessions.close)
         tools = ToolRegistry(settings.tool_timeout_seconds, settings.tool_result_max_chars)
         tools.register_all(builtin_tools())
+        orders = await OrderRepository.open(settings.order_db_path, seed=settings.seed_demo_data)
+        stack.push_async_callback(orders.close)
+        mailer = Mailer(orders, settings)
+        stack.push_async_callback(mailer.close)
+        await mailer.start()
+        tools.register_all(order_tools(orders))
+        tools.register_all(mail_tools(mailer, orders))
+        audit = await AuditLog.open(settings.order_db_path)
+        stack.push_async_callback(audit.close)
+        tools.observers.append(audit)
         agent = Agent(
             model,
             tools,
             sessions,
             AgentLimits(
-                settings.max_tool_rounds, settings.turn_timeout_seconds, settings.model_context_chars
+                settings.max_tool_rounds,
+                settings.turn_timeout_seconds,
+                settings.model_context_chars,
+                settings.require_confirmation,
+                settings.approval_ttl_seconds,
             ),
+            decisions=audit,
         )
         found = Services(settings, model, sessions, tools, agent, time.time(), stack=stack)
         found.checks.append(Check("model", model.check, critical=True))
         found.checks.append(Check("sessions", sessions.check, critical=settings.session_store != "memory"))
+        found.redis = getattr(sessions, "client", None) if settings.session_store == "redis" else None
+        found.orders, found.mailer = orders, mailer
+        found.audit = audit
+        found.checks.append(Check("database", orders.check, critical=True))
+        found.checks.append(
+            Check("smtp", mailer.check, critical=False, healthy=frozenset({"ok", "outbox only"}))
+        )
         found.spawn(_purge_sessions(sessions, settings.session_ttl_seconds), "session-purge")
+        # MCP last: its tools join the registry next to the local ones, which win name collisions.
+        found.mcp = McpToolProvider(settings, tools)
+        stack.push_async_callback(found.mcp.close)
+        found.checks.append(Check("mcp", found.mcp.check, critical=settings.mcp_server_required))
+        await found.mcp.start(found.spawn)
         return found
     except BaseException:
         await stack.aclose()

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 import time
+import tomllib
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 SessionKey = tuple[str, str]  # (tenant_id, session_id): a tuple, since ids may contain ':'
 
@@ -73,6 +83,10 @@ class Session:
 
 class SessionLimitError(Exception):
     """A tenant has as many sessions as it may keep."""
+
+
+class SessionStoreUnavailable(Exception):
+    """The session store cannot be reached (or a session stays busy); the API answers 503."""
 
 
 class SessionStore(Protocol):
@@ -246,3 +260,99 @@ class MemorySessionStore:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+# Choosing and opening a store --------------------------------------------------------------
+
+
+async def open_session_store(settings: Settings) -> SessionStore:
+    """The store SESSION_STORE names; durable stores open lazily, so a down Redis does not stop the start."""
+    lock_wait = settings.turn_timeout_seconds + 5  # a waiting turn outlasts the one it waits for
+    if settings.session_store == "sqlite":
+        from .sessions_sqlite import SqliteSessionStore
+
+        return await SqliteSessionStore.open(
+            settings.session_db_path,
+            ttl_seconds=settings.session_ttl_seconds,
+            max_sessions=settings.max_sessions,
+            max_per_tenant=settings.max_sessions_per_tenant,
+            max_messages=settings.max_messages_per_session,
+            lock_wait=lock_wait,
+        )
+    if settings.session_store == "redis":
+        from .sessions_redis import RedisSessionStore
+
+        return await RedisSessionStore.open(
+            settings.redis_url,
+            ttl_seconds=settings.session_ttl_seconds,
+            max_per_tenant=settings.max_sessions_per_tenant,
+            max_messages=settings.max_messages_per_session,
+            lock_wait=lock_wait,
+        )
+    workers = hypercorn_workers()
+    if workers > 1:
+        log.warning(
+            "SESSION_STORE=memory with %d Hypercorn workers: each worker process keeps its own sessions, "
+            "so a conversation forgets itself when a request lands on another worker. "
+            "Use SESSION_STORE=sqlite (one host) or SESSION_STORE=redis (several hosts), or workers = 1.",
+            workers,
+        )
+    return MemorySessionStore(
+        ttl_seconds=settings.session_ttl_seconds,
+        max_sessions=settings.max_sessions,
+        max_per_tenant=settings.max_sessions_per_tenant,
+        max_messages=settings.max_messages_per_session,
+    )
+
+
+def hypercorn_workers(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
+    """Hypercorn's worker count as far as the app can tell (the server does not tell its app).
+
+    Hypercorn spawns its workers, which inherit its command line: `-w N`/`--workers N` wins,
+    then `workers` in the `--config` TOML file. Outside Hypercorn's command line (`python app.py`
+    serves one process) `WEB_CONCURRENCY` is the only hint.
+    """
+    argv = sys.argv if argv is None else argv
+    env = dict(os.environ) if env is None else env
+    program = Path(argv[0]) if argv else Path()
+    if program.name == "hypercorn" or (program.name == "__main__.py" and program.parent.name == "hypercorn"):
+        workers = _flag(argv, "-w", "--workers")
+        if workers is not None:
+            return _int(workers)
+        config = _flag(argv, "-c", "--config")
+        if config is not None and not config.startswith(("python:", "file:")):
+            try:
+                with open(config.removeprefix("toml:"), "rb") as fh:
+                    return _int(str(tomllib.load(fh).get("workers", 1)))
+            except (OSError, tomllib.TOMLDecodeError):
+                return 1
+        return 1
+    return _int(env.get("WEB_CONCURRENCY", "1"))
+
+
+def _flag(argv: list[str], short: str, long: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg in (short, long) and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(long + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        return 1
+
+
+async def renew_every(interval: float, renew: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Keep a lease alive while a long turn runs; a lost lease is logged, the turn goes on."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if not await renew():
+                log.error("the lock on %s was lost before the turn ended", what)
+                return
+        except Exception as exc:  # the store may be briefly down; the lease outlives a few misses
+            log.warning("could not renew the lock on %s: %s", what, exc)

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from quart import Blueprint, Quart, Response, g, render_template, request, websocket
 from quart.globals import websocket_ctx
-from quart_schema import document_response, tag
+from quart_schema import document_response, hide, tag
 
 from . import __version__
 from .agent import (
@@ -24,10 +24,13 @@ from .agent import (
     Turn,
     event_dict,
 )
+from .approvals import PENDING_KEY, ApprovalError, public_pending
 from .errors import AppError, BadRequest, NotFound, Unavailable
 from .jsonio import dumpb, iso, json_response, utcnow
 from .logs import client_ip_var, request_id_var, session_id_var, tenant_id_var
 from .schemas import (
+    AuditPage,
+    AuditQuery,
     ChatRequest,
     ChatResponse,
     Deleted,
@@ -40,6 +43,7 @@ from .schemas import (
     check_identifier,
     json_body,
     parse_query,
+    query_params,
 )
 from .security import authorize, client_ip, require_api_key
 from .services import run_checks, services
@@ -91,6 +95,14 @@ def turn_from(data: ChatRequest) -> Turn:
     return Turn(tenant, data.session_id, g.request_id, data.message, approvals)
 
 
+async def precheck(turn: Turn) -> None:
+    """Bad approval answers are a 400 before any stream starts."""
+    try:
+        await services().agent.precheck(turn)
+    except ApprovalError as exc:
+        raise BadRequest(str(exc), [{"field": "approvals", "message": str(exc)}]) from None
+
+
 @api.post("/chat")
 @tag(["chat"])
 @json_body(ChatRequest)
@@ -99,6 +111,7 @@ def turn_from(data: ChatRequest) -> Turn:
 async def chat(data: ChatRequest) -> Response:
     """Send a message and get the whole answer (the event stream, collected)."""
     turn = turn_from(data)
+    await precheck(turn)
     calls: dict[str, dict[str, Any]] = {}
     approvals: list[dict[str, Any]] = []
     async for event in services().agent.run(turn):
@@ -144,6 +157,7 @@ def _error_for(event: ErrorEvent) -> AppError:
 async def chat_stream(data: ChatRequest) -> Response:
     """Send a message and get the answer as Server-Sent Events (one `data:` JSON per event)."""
     turn = turn_from(data)
+    await precheck(turn)
     agent = services().agent
 
     async def body() -> AsyncIterator[bytes]:
@@ -176,6 +190,7 @@ def _pumped(events: AsyncIterator[Event | None]) -> AsyncGenerator[Event | None,
 
 
 @api.get("/sessions")
+@query_params(TenantQuery)
 @tag(["sessions"])
 @document_response(SessionList)
 async def list_sessions() -> Response:
@@ -187,6 +202,7 @@ async def list_sessions() -> Response:
 
 
 @api.get("/sessions/<session_id>/history")
+@query_params(TenantQuery)
 @tag(["sessions"])
 @document_response(SessionHistory)
 @document_response(ErrorResponse, 404)
@@ -209,6 +225,7 @@ async def session_history(session_id: str) -> Response:
 
 
 @api.delete("/sessions/<session_id>")
+@query_params(TenantQuery)
 @tag(["sessions"])
 @document_response(Deleted)
 @document_response(ErrorResponse, 404)
@@ -232,7 +249,26 @@ def _session_target(session_id: str) -> tuple[str, str]:
 
 
 def _public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metadata.items() if not k.startswith("_")}
+    """What a client may see: pending approvals (for the page's cards), not internal bookkeeping."""
+    public = {k: v for k, v in metadata.items() if not k.startswith("_")}
+    if PENDING_KEY in public:
+        public[PENDING_KEY] = public_pending(metadata)
+    return public
+
+
+@api.get("/audit")
+@query_params(AuditQuery)
+@tag(["audit"])
+@document_response(AuditPage)
+async def audit_events() -> Response:
+    """The tenant's tool calls and approval decisions, newest first; `cursor` pages back."""
+    query = parse_query(AuditQuery, request.args)
+    tenant = authorize(query.tenant_id if "tenant_id" in query.model_fields_set else None)
+    audit = services().audit
+    if audit is None:
+        raise Unavailable("the audit log is not available")
+    events, cursor = await audit.events(tenant, query.session_id, query.limit, query.cursor)
+    return json_response({"events": events, "next_cursor": str(cursor) if cursor else None})
 
 
 # Health ------------------------------------------------------------------------------------
@@ -280,6 +316,7 @@ async def readiness() -> Response:
 
 
 @page.get("/")
+@hide
 async def index() -> str:
     """The chat page."""
     found = services()
@@ -287,6 +324,7 @@ async def index() -> str:
 
 
 @page.get("/docs")
+@hide
 async def docs() -> str:
     """A readable page for the OpenAPI document, served locally (no CDN)."""
     return await render_template("docs.html", version=__version__)

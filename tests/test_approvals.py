@@ -1,0 +1,283 @@
+"""Confirmation of consequential actions, over JSON and SSE, and the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+from quart.typing import TestClientProtocol
+
+from msev15 import create_app
+from msev15.services import EXTENSION_KEY, Services
+from tests.conftest import make_settings
+from tests.openai_server import Reply, ScriptedOpenAI
+from tests.test_api import assert_error, sse_events
+
+CANCEL = {"order_id": "ORD-1001", "customer_email": "alice@example.com", "reason": "ordered by mistake"}
+
+
+async def order_status(app: Quart, order_id: str, tenant: str = "default") -> str:
+    found: Services = app.extensions[EXTENSION_KEY]
+    assert found.orders is not None
+    async with found.orders.reading() as db:
+        cursor = await db.execute(
+            "SELECT status FROM orders WHERE tenant_id = ? AND id = ?", (tenant, order_id)
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def propose(client: TestClientProtocol, server: ScriptedOpenAI, session: str = "s") -> dict[str, Any]:
+    server.push(Reply.call("cancel_order", CANCEL))
+    response = await client.post("/api/v1/chat", json={"session_id": session, "message": "cancel ORD-1001"})
+    assert response.status_code == 200
+    return dict(await response.get_json())
+
+
+async def test_consequential_call_waits_for_approval(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    body = await propose(model_client, openai_server)
+    [approval] = body["approvals_required"]
+    assert approval["name"] == "cancel_order" and approval["arguments"] == CANCEL
+    assert approval["summary"] == "Cancel order ORD-1001 (reason: ordered by mistake)"
+    assert "Please confirm" in body["message"] and approval["summary"] in body["message"]
+    assert body["tool_calls"] == []
+    assert await order_status(model_app, "ORD-1001") == "pending"
+    assert len(openai_server.requests) == 1  # the model was not asked to go on
+
+    history = await (await model_client.get("/api/v1/sessions/s/history")).get_json()
+    [pending] = history["metadata"]["pending_approvals"]
+    assert pending["id"] == approval["id"] and pending["summary"] == approval["summary"]
+
+    openai_server.push(Reply.say("Your order is cancelled."))
+    response = await model_client.post(
+        "/api/v1/chat/stream",
+        json={"session_id": "s", "approvals": [{"id": approval["id"], "approve": True}]},
+    )
+    events = sse_events(await response.get_data())
+    result = next(e for e in events if e["type"] == "tool_result")
+    assert result["id"] == approval["id"] and result["ok"] is True and result["name"] == "cancel_order"
+    assert events[-1]["type"] == "done" and events[-1]["message"] == "Your order is cancelled."
+    assert await order_status(model_app, "ORD-1001") == "cancelled"
+    # The model saw the decided call and its result, then worded the outcome.
+    sent = openai_server.requests[-1]["messages"]
+    assert sent[-2]["tool_calls"][0]["function"]["name"] == "cancel_order"
+    assert sent[-1]["role"] == "tool" and sent[-1]["tool_call_id"] == approval["id"]
+
+    history = await (await model_client.get("/api/v1/sessions/s/history")).get_json()
+    assert "pending_approvals" not in history["metadata"]
+    assert history["messages"][-1]["tool_calls"][0]["decision"] == "approved"
+
+    audit = await (await model_client.get("/api/v1/audit?session_id=s")).get_json()
+    kinds = [(e["tool"], e.get("decision"), e["ok"]) for e in audit["events"]]
+    assert kinds == [("cancel_order", None, True), ("cancel_order", "approved", None)]
+    assert audit["events"][0]["arguments"] == CANCEL
+
+
+async def test_decline_runs_nothing(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    approval = (await propose(model_client, openai_server))["approvals_required"][0]
+    openai_server.push(Reply.say("Alright, nothing changed."))
+    body = await (
+        await model_client.post(
+            "/api/v1/chat", json={"session_id": "s", "approvals": [{"id": approval["id"], "approve": False}]}
+        )
+    ).get_json()
+    assert body["tool_calls"][0]["ok"] is False
+    assert await order_status(model_app, "ORD-1001") == "pending"
+    tool_message = openai_server.requests[-1]["messages"][-1]
+    assert "declined by the customer" in tool_message["content"]
+    audit = await (await model_client.get("/api/v1/audit")).get_json()
+    assert [e.get("decision") for e in audit["events"]] == ["declined"]
+
+
+async def test_double_answer_runs_at_most_once(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    approval = (await propose(model_client, openai_server))["approvals_required"][0]
+    answer = {"session_id": "s", "approvals": [{"id": approval["id"], "approve": True}]}
+    first, second = await asyncio.gather(
+        model_client.post("/api/v1/chat", json=answer), model_client.post("/api/v1/chat", json=answer)
+    )
+    statuses = sorted([first.status_code, second.status_code])
+    assert statuses == [200, 400]
+    loser = first if first.status_code == 400 else second
+    assert_error(await loser.get_json(), "validation_error")
+    assert "already answered" in (await loser.get_json())["error"]["message"]
+    audit = await (await model_client.get("/api/v1/audit")).get_json()
+    assert [e["tool"] for e in audit["events"] if e.get("decision") is None] == ["cancel_order"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/chat", "/api/v1/chat/stream"])
+async def test_unknown_ids_are_400_and_change_nothing(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI, path: str
+) -> None:
+    approval = (await propose(model_client, openai_server))["approvals_required"][0]
+    bad = {
+        "session_id": "s",
+        "approvals": [{"id": approval["id"], "approve": True}, {"id": "apr_nope", "approve": True}],
+    }
+    response = await model_client.post(path, json=bad)
+    assert response.status_code == 400
+    assert_error(await response.get_json(), "validation_error")
+    assert await order_status(model_app, "ORD-1001") == "pending"
+    history = await (await model_client.get("/api/v1/sessions/s/history")).get_json()
+    assert len(history["metadata"]["pending_approvals"]) == 1  # still answerable
+
+
+async def test_other_tenant_cannot_answer(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    approval = (await propose(model_client, openai_server))["approvals_required"][0]
+    response = await model_client.post(
+        "/api/v1/chat",
+        json={
+            "session_id": "s",
+            "tenant_id": "intruder",
+            "approvals": [{"id": approval["id"], "approve": True}],
+        },
+    )
+    assert response.status_code == 400
+    assert await order_status(model_app, "ORD-1001") == "pending"
+
+
+async def test_new_message_declines_pending(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    approval = (await propose(model_client, openai_server))["approvals_required"][0]
+    openai_server.push(Reply.say("Sure, what else?"))
+    body = await (
+        await model_client.post("/api/v1/chat", json={"session_id": "s", "message": "actually, never mind"})
+    ).get_json()
+    assert body["tool_calls"] == [
+        {"id": approval["id"], "name": "cancel_order", "arguments": CANCEL, "ok": False}
+    ]
+    sent = openai_server.requests[-1]["messages"]
+    assert sent[-1] == {"role": "user", "content": "actually, never mind"}
+    assert "declined by the customer" in sent[-2]["content"]
+    late = await model_client.post(
+        "/api/v1/chat", json={"session_id": "s", "approvals": [{"id": approval["id"], "approve": True}]}
+    )
+    assert late.status_code == 400
+    assert await order_status(model_app, "ORD-1001") == "pending"
+
+
+async def test_expired_approval_is_refused(tmp_path: Path, openai_server: ScriptedOpenAI) -> None:
+    settings = make_settings(
+        tmp_path, llm_provider="openai", openai_base_url=openai_server.base_url, approval_ttl_seconds=10
+    )
+    app = create_app(settings)
+    async with app.test_app():
+        client = app.test_client()
+        approval = (await propose(client, openai_server))["approvals_required"][0]
+        found: Services = app.extensions[EXTENSION_KEY]
+        session = await found.sessions.get("default", "s")
+        assert session is not None
+        session.metadata["pending_approvals"][0]["expires"] -= 11  # ten seconds pass
+        response = await client.post(
+            "/api/v1/chat", json={"session_id": "s", "approvals": [{"id": approval["id"], "approve": True}]}
+        )
+        assert response.status_code == 400
+        assert "expired" in (await response.get_json())["error"]["message"]
+        assert await order_status(app, "ORD-1001") == "pending"
+
+
+async def test_several_calls_give_several_approvals(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    openai_server.push(
+        Reply.calls(
+            ("cancel_order", CANCEL),
+            ("get_order", {"order_id": "ORD-1002", "customer_email": "alice@example.com"}),
+            (
+                "request_return",
+                {"order_id": "ORD-1003", "customer_email": "alice@example.com", "reason": "too big"},
+            ),
+        )
+    )
+    body = await (
+        await model_client.post("/api/v1/chat", json={"session_id": "m", "message": "do it"})
+    ).get_json()
+    assert [a["name"] for a in body["approvals_required"]] == ["cancel_order", "request_return"]
+    assert [c["name"] for c in body["tool_calls"]] == ["get_order"]  # safe calls run at once
+    assert (
+        "1. Cancel order ORD-1001" in body["message"]
+        and "2. Request a return of order ORD-1003" in body["message"]
+    )
+    ids = [a["id"] for a in body["approvals_required"]]
+    openai_server.push(Reply.say("Done: one cancelled, one kept."))
+    answer = {
+        "session_id": "m",
+        "approvals": [{"id": ids[0], "approve": True}, {"id": ids[1], "approve": False}],
+    }
+    await model_client.post("/api/v1/chat", json=answer)
+    assert await order_status(model_app, "ORD-1001") == "cancelled"
+    assert await order_status(model_app, "ORD-1003") == "delivered"
+
+
+async def test_invalid_arguments_are_refused_not_proposed(
+    model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    openai_server.push(Reply.call("cancel_order", {"order_id": "ORD-1001"}), Reply.say("I need your email."))
+    body = await (
+        await model_client.post("/api/v1/chat", json={"session_id": "v", "message": "cancel"})
+    ).get_json()
+    assert "approvals_required" not in body
+    assert body["tool_calls"][0]["ok"] is False
+
+
+async def test_confirmation_off_runs_at_once(tmp_path: Path, openai_server: ScriptedOpenAI) -> None:
+    settings = make_settings(
+        tmp_path, llm_provider="openai", openai_base_url=openai_server.base_url, require_confirmation=False
+    )
+    app = create_app(settings)
+    async with app.test_app():
+        openai_server.push(Reply.call("cancel_order", CANCEL), Reply.say("Cancelled."))
+        body = await (
+            await app.test_client().post("/api/v1/chat", json={"session_id": "s", "message": "x"})
+        ).get_json()
+        assert body["tool_calls"][0]["ok"] is True
+        assert await order_status(app, "ORD-1001") == "cancelled"
+
+
+async def test_audit_is_tenant_scoped_paginated_and_scrubbed(
+    model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    for i in range(3):
+        openai_server.push(Reply.call("get_current_time"), Reply.say("ok"))
+        await model_client.post("/api/v1/chat", json={"session_id": f"p{i}", "message": "time"})
+    first = await (await model_client.get("/api/v1/audit?limit=2")).get_json()
+    assert len(first["events"]) == 2 and first["next_cursor"]
+    rest = await (await model_client.get(f"/api/v1/audit?limit=2&cursor={first['next_cursor']}")).get_json()
+    assert len(rest["events"]) == 1 and rest["next_cursor"] is None
+    assert {e["session_id"] for e in first["events"] + rest["events"]} == {"p0", "p1", "p2"}
+    other = await (await model_client.get("/api/v1/audit?tenant_id=other")).get_json()
+    assert other["events"] == []  # proposals are not calls; nothing ran for tenant "other"
+    bad = await model_client.get("/api/v1/audit?limit=0")
+    assert bad.status_code == 400
+
+
+async def test_audit_never_holds_email_bodies(
+    model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    mail = {"to": "alice@example.com", "subject": "Hi", "body": "private words"}
+    openai_server.push(Reply.call("send_email", mail))
+    body = await (
+        await model_client.post("/api/v1/chat", json={"session_id": "e", "message": "mail"})
+    ).get_json()
+    approval = body["approvals_required"][0]
+    openai_server.push(Reply.say("Sent."))
+    answer = {"session_id": "e", "approvals": [{"id": approval["id"], "approve": True}]}
+    assert (await (await model_client.post("/api/v1/chat", json=answer)).get_json())["tool_calls"][0][
+        "ok"
+    ] is True
+    audit = await (await model_client.get("/api/v1/audit")).get_json()
+    assert len(audit["events"]) == 2
+    for event in audit["events"]:
+        assert event["arguments"] == {"to": "alice@example.com", "subject": "Hi", "body": "[omitted]"}
