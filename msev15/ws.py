@@ -16,12 +16,14 @@ from collections import deque
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from quart import Blueprint, Response, g, websocket
+from quart import Blueprint, Response, current_app, g, websocket
+from quart_rate_limiter import RateLimitExceeded
 
 from .agent import TokenEvent, Turn, event_dict
 from .errors import AppError, render, validation_details
 from .jsonio import dumps, loads
 from .logs import request_id_var
+from .ratelimit import count_frame
 from .schemas import ChatRequest
 from .security import require_api_key
 from .services import services
@@ -99,6 +101,12 @@ class _Channel:
                 chat = ChatFrame.model_validate(frame)
             except ValidationError as exc:
                 await self._error("chat frame is invalid", validation_details(exc))
+                return
+            try:
+                await count_frame(current_app)  # a chat frame spends the client's API budget like a request
+            except RateLimitExceeded as exc:
+                retry = exc.retry_after if isinstance(exc.retry_after, int) else 1
+                await self._error(f"too many requests; retry in {max(1, retry)} s", None, "rate_limited")
                 return
             if len(self._chats) >= MAX_QUEUED_CHATS:
                 await self._error("too many chats queued on this socket; wait for `done`")

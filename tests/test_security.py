@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol
@@ -201,3 +202,26 @@ async def test_model_cannot_smuggle_a_tenant_argument(
     args = {"order_id": "ORD-1001", "customer_email": "alice@example.com", "tenant_id": "default"}
     seen = await _attempt(unconfirmed, openai_server, "evil-shop", "get_order", args)
     assert "tenant_id" in seen["content"]  # refused as an unknown argument, not honoured
+
+
+async def test_websocket_chat_frames_share_the_rate_limit(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, enable_rate_limiting=True, rate_limit_per_minute=3))
+    async with app.test_app():
+        client = app.test_client()
+        peer: dict[str, Any] = {"client": ("203.0.113.50", 4000)}
+        assert (await client.get("/api/v1/sessions", scope_base=peer)).status_code == 200
+        async with client.websocket("/api/v1/chat/ws", scope_base=peer) as socket:
+            ends = []
+            for i in range(3):
+                await socket.send(
+                    orjson.dumps({"type": "chat", "session_id": "w", "message": f"hi {i}"}).decode()
+                )
+                while True:
+                    event = orjson.loads(await socket.receive())
+                    if event["type"] in ("done", "error"):
+                        ends.append(event.get("code", "done"))
+                        break
+            assert ends == ["done", "done", "rate_limited"]  # one HTTP request + two frames used the budget
+            await socket.send('{"type": "ping"}')
+            assert orjson.loads(await socket.receive()) == {"type": "pong"}  # the socket stays open
+        assert (await client.get("/api/v1/sessions", scope_base=peer)).status_code == 429
