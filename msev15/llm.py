@@ -131,12 +131,14 @@ class OpenAIChatModel:
         done = False
         try:
             async with self._client.chat.completions.with_streaming_response.create(**params) as response:
-                async for line in response.iter_lines():
+                lines = response.iter_lines()
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
                         done = True
+                        await _drain(lines)
                         break
                     chunk = orjson.loads(data)
                     if chunk.get("error"):
@@ -202,6 +204,16 @@ class _Retryable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+async def _drain(lines: AsyncIterator[str], limit: float = 0.5) -> None:
+    """Read the body to its end (briefly) so the connection goes back to the pool instead of closing."""
+    try:
+        async with asyncio.timeout(limit):
+            async for _ in lines:
+                pass
+    except TimeoutError:
+        pass  # a server that keeps the body open costs us the connection, not the answer
 
 
 def _retry_after(response: httpx2.Response) -> float | None:
