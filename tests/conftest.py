@@ -11,6 +11,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
+from msev15.services import EXTENSION_KEY, Services
 from msev15.settings import Settings, load_settings
 from tests.openai_server import ScriptedOpenAI, running_openai_server
 
@@ -34,6 +35,18 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     }
     base.update(overrides)
     return load_settings(_env_file=None, **base)
+
+
+async def order_status(app: Quart, order_id: str, tenant: str = "default") -> str:
+    """The order's status as the database holds it ("absent" when there is no such order)."""
+    found: Services = app.extensions[EXTENSION_KEY]
+    assert found.orders is not None
+    async with found.orders.reading() as db:
+        cursor = await db.execute(
+            "SELECT status FROM orders WHERE tenant_id = ? AND id = ?", (tenant, order_id)
+        )
+        row = await cursor.fetchone()
+    return str(row[0]) if row else "absent"
 
 
 @pytest.fixture

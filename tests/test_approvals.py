@@ -12,23 +12,11 @@ from quart.typing import TestClientProtocol
 
 from msev15 import create_app
 from msev15.services import EXTENSION_KEY, Services
-from tests.conftest import make_settings
+from tests.conftest import make_settings, order_status
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.test_api import assert_error, sse_events
 
 CANCEL = {"order_id": "ORD-1001", "customer_email": "alice@example.com", "reason": "ordered by mistake"}
-
-
-async def order_status(app: Quart, order_id: str, tenant: str = "default") -> str:
-    found: Services = app.extensions[EXTENSION_KEY]
-    assert found.orders is not None
-    async with found.orders.reading() as db:
-        cursor = await db.execute(
-            "SELECT status FROM orders WHERE tenant_id = ? AND id = ?", (tenant, order_id)
-        )
-        row = await cursor.fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 async def propose(client: TestClientProtocol, server: ScriptedOpenAI, session: str = "s") -> dict[str, Any]:

@@ -13,7 +13,7 @@ from quart.typing import TestClientProtocol
 
 from msev15 import create_app
 from msev15.services import EXTENSION_KEY, Services
-from tests.conftest import make_settings
+from tests.conftest import make_settings, order_status
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.test_api import assert_error
 
@@ -124,17 +124,6 @@ async def test_forwarded_for_believed_only_from_trusted_proxies(tmp_path: Path) 
         assert [await get(stranger, f"9.9.9.{i}") for i in range(3)] == [200, 200, 429]
 
 
-async def _status(app: Quart, tenant: str, order_id: str) -> str:
-    found: Services = app.extensions[EXTENSION_KEY]
-    assert found.orders is not None
-    async with found.orders.reading() as db:
-        cursor = await db.execute(
-            "SELECT status FROM orders WHERE tenant_id = ? AND id = ?", (tenant, order_id)
-        )
-        row = await cursor.fetchone()
-    return str(row[0]) if row else "absent"
-
-
 @pytest.fixture
 async def unconfirmed(tmp_path: Path, openai_server: ScriptedOpenAI) -> AsyncIterator[Quart]:
     """Confirmation off, so the tools themselves must refuse what the model attempts."""
@@ -171,7 +160,7 @@ async def test_model_cannot_touch_another_tenants_order(
         "get_order",
         {k: args[k] for k in ("order_id", "customer_email")},
     )
-    assert await _status(unconfirmed, "default", "ORD-1001") == "pending"
+    assert await order_status(unconfirmed, "ORD-1001") == "pending"
 
 
 async def test_model_cannot_touch_another_customers_order(
@@ -181,7 +170,7 @@ async def test_model_cannot_touch_another_customers_order(
     await _attempt(unconfirmed, openai_server, "default", "cancel_order", args)
     address = {"order_id": "ORD-1001", "customer_email": "bob@example.com", "shipping_address": "1 Evil Rd"}
     await _attempt(unconfirmed, openai_server, "default", "update_shipping_address", address)
-    assert await _status(unconfirmed, "default", "ORD-1001") == "pending"
+    assert await order_status(unconfirmed, "ORD-1001") == "pending"
 
 
 async def test_model_cannot_email_a_stranger(unconfirmed: Quart, openai_server: ScriptedOpenAI) -> None:
