@@ -55,11 +55,11 @@ class AuditLog:
         self._write = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> AuditLog:
+    async def open(cls, path: Path, busy_timeout_ms: int = 5000) -> AuditLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path)
         await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA busy_timeout=5000")
+        await db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         await db.executescript(_SCHEMA)
         await db.commit()
         return cls(db)

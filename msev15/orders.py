@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,13 @@ class OrderError(ToolError):
     """A refusal the model repeats to the customer (not found, wrong status, no stock)."""
 
 
+class DatabaseBusy(OrderError):
+    """Another connection kept the database locked past the busy timeout; the caller may retry."""
+
+    def __init__(self) -> None:
+        super().__init__("the order database is busy, please try again")
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -132,14 +140,14 @@ class OrderRepository:
         self.lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path, seed: bool) -> OrderRepository:
+    async def open(cls, path: Path, seed: bool, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> OrderRepository:
         """Connect, migrate to the current schema, and fill a brand-new database with demo data."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             db.row_factory = aiosqlite.Row
-            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA foreign_keys = ON")
             await db.execute("PRAGMA synchronous = NORMAL")
@@ -167,19 +175,22 @@ class OrderRepository:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction: taken before reading, so check-then-change cannot race."""
         async with self.lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                await self.db.rollback()
-                raise
-            await self.db.commit()
+            with _busy_is_refusal():
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                    await self.db.commit()
+                except BaseException:
+                    if self.db.in_transaction:  # a failed COMMIT must not leave the transaction open
+                        await self.db.rollback()
+                    raise
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
         """Reads wait for a running write so they never see its uncommitted half."""
         async with self.lock:
-            yield self.db
+            with _busy_is_refusal():
+                yield self.db
 
     async def _migrate(self, seed: bool) -> None:
         async with self.transaction() as db:
@@ -380,6 +391,19 @@ class OrderRepository:
 
 
 # Helpers that run inside a caller's transaction or read ---------------------------------
+
+
+@contextlib.contextmanager
+def _busy_is_refusal() -> Iterator[None]:
+    """A lock held elsewhere past the busy timeout is a plain refusal, not a crash of the tool."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            log.warning("order database busy: %s", exc)
+            raise DatabaseBusy() from exc
+        raise
 
 
 def _not_found(order_id: str) -> OrderError:

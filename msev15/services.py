@@ -101,14 +101,16 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
         stack.push_async_callback(sessions.close)
         tools = ToolRegistry(settings.tool_timeout_seconds, settings.tool_result_max_chars)
         tools.register_all(builtin_tools())
-        orders = await OrderRepository.open(settings.order_db_path, seed=settings.seed_demo_data)
+        orders = await OrderRepository.open(
+            settings.order_db_path, seed=settings.seed_demo_data, busy_timeout_ms=settings.db_busy_timeout_ms
+        )
         stack.push_async_callback(orders.close)
         mailer = Mailer(orders, settings)
         stack.push_async_callback(mailer.close)
         await mailer.start()
         tools.register_all(order_tools(orders))
         tools.register_all(mail_tools(mailer, orders))
-        audit = await AuditLog.open(settings.order_db_path)
+        audit = await AuditLog.open(settings.order_db_path, busy_timeout_ms=settings.db_busy_timeout_ms)
         stack.push_async_callback(audit.close)
         tools.observers.append(audit)
         agent = Agent(

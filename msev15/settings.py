@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     # Orders
     order_db_path: Path = Path("./data/orders.db")
     seed_demo_data: bool = True
+    db_busy_timeout_ms: int = Field(5000, ge=0, le=600_000)
 
     # Email
     smtp_server: str | None = None
