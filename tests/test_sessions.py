@@ -1,13 +1,26 @@
-"""SessionStore contract (memory now; the durable stores join the same suite)."""
+"""SessionStore contract: one suite, run against the memory, SQLite and Redis stores."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from msev15.sessions import MemorySessionStore, Message, SessionLimitError, SessionStore
+from msev15.sessions import (
+    MemorySessionStore,
+    Message,
+    SessionLimitError,
+    SessionStore,
+    SessionStoreUnavailable,
+    hypercorn_workers,
+)
+from msev15.sessions_redis import RedisSessionStore
+from msev15.sessions_sqlite import SqliteSessionStore
+from tests.redis_server import REDIS_SERVER, SKIP_REASON, RedisServer, free_port
 
 
 class Clock:
@@ -18,18 +31,72 @@ class Clock:
         return self.now
 
 
+MakeStore = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def store(clock: Clock) -> AsyncIterator[SessionStore]:
-    memory = MemorySessionStore(
-        ttl_seconds=60, max_sessions=1000, max_per_tenant=100, max_messages=50, clock=clock
-    )
-    yield memory
-    await memory.close()
+async def make_store(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[MakeStore]:
+    """Opens stores of this run's kind; stores opened twice share the same file / Redis namespace."""
+    server: RedisServer | None = request.getfixturevalue("redis_server") if kind == "redis" else None
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    opened: list[Any] = []
+
+    async def make(**options: Any) -> Any:
+        opts: dict[str, Any] = {
+            "ttl_seconds": 60,
+            "max_per_tenant": 100,
+            "max_messages": 50,
+            "clock": clock,
+        }
+        opts.update(options)
+        store: Any
+        if kind == "memory":
+            store = MemorySessionStore(max_sessions=opts.pop("max_sessions", 1000), **opts)
+        elif kind == "sqlite":
+            path = opts.pop("path", tmp_path / "sessions.db")
+            store = await SqliteSessionStore.open(path, max_sessions=opts.pop("max_sessions", 1000), **opts)
+        else:
+            assert server is not None
+            if "max_sessions" in opts:
+                pytest.skip("Redis bounds its memory with maxmemory and TTLs, not MAX_SESSIONS")
+            opts.pop("path", None)
+            store = await RedisSessionStore.open(server.url, prefix=opts.pop("prefix", prefix), **opts)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(make_store: MakeStore) -> SessionStore:
+    made: SessionStore = await make_store()
+    return made
 
 
 def turn(text: str) -> list[Message]:
@@ -40,11 +107,22 @@ async def test_save_get_history(store: SessionStore) -> None:
     assert await store.get("t", "s") is None
     saved = await store.save_turn("t", "s", turn("a"))
     assert [m.content for m in saved.messages] == ["a", "re: a"]
-    await store.save_turn("t", "s", turn("b"), metadata={"k": 1})
+    await store.save_turn("t", "s", turn("b"), metadata={"k": 1, "nested": {"list": [1, "x"]}})
+    await store.save_turn("t", "s", [Message("assistant", "c", 3.0, [{"id": "1", "name": "x"}], True)])
     found = await store.get("t", "s")
     assert found is not None
-    assert [m.content for m in found.messages] == ["a", "re: a", "b", "re: b"]
-    assert found.metadata == {"k": 1}
+    assert [m.content for m in found.messages] == ["a", "re: a", "b", "re: b", "c"]
+    assert found.messages[-1].tool_calls == [{"id": "1", "name": "x"}] and found.messages[-1].interrupted
+    assert found.metadata == {"k": 1, "nested": {"list": [1, "x"]}}  # kept when a turn passes none
+    assert found.created_at <= found.last_activity
+
+
+async def test_empty_turn_replaces_metadata_only(store: SessionStore) -> None:
+    await store.save_turn("t", "s", turn("a"), metadata={"pending": [1]})
+    saved = await store.save_turn("t", "s", [], metadata={})
+    assert saved.metadata == {} and len(saved.messages) == 2
+    found = await store.get("t", "s")
+    assert found is not None and found.metadata == {} and len(found.messages) == 2
 
 
 async def test_tenant_isolation(store: SessionStore) -> None:
@@ -57,22 +135,28 @@ async def test_tenant_isolation(store: SessionStore) -> None:
     assert await store.delete("A", "s") is True
     assert await store.get("B", "s") is not None
     assert await store.delete("A", "s") is False
-    # "a:b" + "c" and "a" + "b:c" are different sessions.
+    # "a:b" + "c" and "a" + "b:c" are different sessions, whatever the key scheme.
     await store.save_turn("a:b", "c", turn("x"))
     assert await store.get("a", "b:c") is None
+    for tenant, sid in (("a}", "{b"), ("a%3A", "b"), ("a", "%3Ab")):
+        await store.save_turn(tenant, sid, turn(f"{tenant}|{sid}"))
+    assert [s.session_id for s in await store.list("a")] == ["%3Ab"]
+    found = await store.get("a%3A", "b")
+    assert found is not None and found.messages[0].content == "a%3A|b"
 
 
 async def test_lock_orders_concurrent_turns(store: SessionStore) -> None:
     order: list[str] = []
 
-    async def run(name: str, pause: float) -> None:
+    async def run(name: str, work: int) -> None:
         async with store.lock("t", "s"):
             order.append(f"{name}-start")
-            await asyncio.sleep(pause)
+            for _ in range(work):  # real store round trips while holding the lock
+                await store.get("t", "s")
             await store.save_turn("t", "s", turn(name))
             order.append(f"{name}-end")
 
-    await asyncio.gather(run("first", 0.02), run("second", 0))
+    await asyncio.gather(run("first", 5), run("second", 0))
     assert order == ["first-start", "first-end", "second-start", "second-end"]
     found = await store.get("t", "s")
     assert found is not None and [m.content for m in found.messages][::2] == ["first", "second"]
@@ -80,7 +164,7 @@ async def test_lock_orders_concurrent_turns(store: SessionStore) -> None:
 
 async def test_other_sessions_not_blocked_by_a_lock(store: SessionStore) -> None:
     async with store.lock("t", "busy"):
-        async with asyncio.timeout(1):
+        async with asyncio.timeout(2):
             async with store.lock("t", "free"):
                 await store.save_turn("t", "free", turn("x"))
 
@@ -93,9 +177,12 @@ async def test_ttl_expiry(store: SessionStore, clock: Clock) -> None:
     assert await store.get("t", "old") is None
     assert await store.get("t", "new") is not None
     assert [s.session_id for s in await store.list("t")] == ["new"]
+    assert await store.delete("t", "old") is False
     clock.now += 61
     assert await store.purge_expired() == 1
     assert await store.list("t") == []
+    saved = await store.save_turn("t", "new", turn("z"))  # an expired id starts afresh
+    assert [m.content for m in saved.messages] == ["z", "re: z"] and saved.created_at == clock.now
 
 
 async def test_activity_extends_life(store: SessionStore, clock: Clock) -> None:
@@ -112,7 +199,10 @@ async def test_list_most_recent_first(store: SessionStore, clock: Clock) -> None
         await store.save_turn("t", sid, turn(sid))
     clock.now += 1
     await store.save_turn("t", "a", turn("again"))
-    assert [s.session_id for s in await store.list("t")] == ["a", "c", "b"]
+    listed = await store.list("t")
+    assert [s.session_id for s in listed] == ["a", "c", "b"]
+    assert [len(s.messages) for s in listed] == [4, 2, 2]
+    assert await store.list("other") == []
 
 
 async def test_max_messages_keeps_newest(store: SessionStore) -> None:
@@ -123,8 +213,24 @@ async def test_max_messages_keeps_newest(store: SessionStore) -> None:
     assert found.messages[-2].content == "29" and found.messages[0].content == "5"
 
 
-async def test_lru_eviction_and_tenant_limit(clock: Clock) -> None:
-    store = MemorySessionStore(ttl_seconds=60, max_sessions=3, max_per_tenant=2, clock=clock)
+async def test_tenant_limit(make_store: MakeStore, clock: Clock) -> None:
+    limited = await make_store(max_per_tenant=2)
+    await limited.save_turn("A", "1", turn("x"))
+    await limited.save_turn("A", "2", turn("x"))
+    with pytest.raises(SessionLimitError):
+        await limited.save_turn("A", "3", turn("x"))
+    assert await limited.get("A", "3") is None
+    await limited.save_turn("A", "2", turn("existing sessions still take turns"))
+    await limited.save_turn("B", "1", turn("other tenants are not affected"))
+    assert await limited.delete("A", "1") is True  # deleting makes room
+    await limited.save_turn("A", "3", turn("x"))
+    clock.now += 61  # expired sessions make room again
+    await limited.save_turn("A", "4", turn("x"))
+    await limited.save_turn("A", "5", turn("x"))
+
+
+async def test_lru_eviction(make_store: MakeStore) -> None:
+    store = await make_store(max_sessions=3, max_per_tenant=2)
     await store.save_turn("A", "1", turn("x"))
     await store.save_turn("B", "1", turn("x"))
     await store.save_turn("A", "1", turn("touch"))  # A:1 is now the most recent
@@ -133,19 +239,125 @@ async def test_lru_eviction_and_tenant_limit(clock: Clock) -> None:
     assert await store.get("B", "1") is None
     assert await store.get("A", "1") is not None
 
-    limited = MemorySessionStore(ttl_seconds=60, max_sessions=100, max_per_tenant=2, clock=clock)
-    await limited.save_turn("A", "1", turn("x"))
-    await limited.save_turn("A", "2", turn("x"))
-    with pytest.raises(SessionLimitError):
-        await limited.save_turn("A", "3", turn("x"))
-    await limited.save_turn("A", "2", turn("existing sessions still take turns"))
-    await limited.save_turn("B", "1", turn("other tenants are not affected"))
-    clock.now += 61  # expired sessions make room again
-    await limited.save_turn("A", "3", turn("x"))
 
-
-async def test_locks_are_dropped_when_idle(clock: Clock) -> None:
-    store = MemorySessionStore(clock=clock)
+async def test_locks_are_dropped_when_idle(store: Any) -> None:
     async with store.lock("t", "s"):
         pass
     assert len(store._locks) == 0
+    if isinstance(store, RedisSessionStore):
+        assert await store.client.keys(f"{store.prefix}:*lock*") == []
+
+
+async def test_durable_stores_share_and_keep_sessions(make_store: MakeStore, kind: str) -> None:
+    if kind == "memory":
+        pytest.skip("the memory store is per process by design")
+    first = await make_store()
+    await first.save_turn("t", "s", turn("before restart"), metadata={"pending": {"id": "x"}})
+    await first.close()
+    second = await make_store()  # a restart, or another instance
+    found = await second.get("t", "s")
+    assert found is not None and found.messages[0].content == "before restart"
+    assert found.metadata == {"pending": {"id": "x"}}
+    await second.save_turn("t", "s", turn("after"))
+    assert [s.session_id for s in await second.list("t")] == ["s"]
+
+
+async def test_lock_excludes_other_instances(make_store: MakeStore, kind: str) -> None:
+    """Two stores on one file / one Redis are two workers or instances: one turn at a time."""
+    if kind == "memory":
+        pytest.skip("the memory store is per process by design")
+    a, b = await make_store(), await make_store()
+    entered = asyncio.Event()
+
+    async def second_turn() -> None:
+        async with b.lock("t", "s"):
+            entered.set()
+            await b.save_turn("t", "s", turn("second"))
+
+    async with a.lock("t", "s"):
+        waiter = asyncio.create_task(second_turn())
+        done, _ = await asyncio.wait({waiter}, timeout=0.3)
+        assert not done and not entered.is_set()
+        await a.save_turn("t", "s", turn("first"))
+    await asyncio.wait_for(waiter, timeout=5)
+    found = await a.get("t", "s")
+    assert found is not None and [m.content for m in found.messages][::2] == ["first", "second"]
+
+
+async def test_busy_lock_waits_a_bounded_time(make_store: MakeStore, kind: str) -> None:
+    if kind == "memory":
+        pytest.skip("the memory store waits as long as the turn it waits for")
+    a, b = await make_store(), await make_store(lock_wait=0.2)
+    async with a.lock("t", "s"):
+        with pytest.raises(SessionStoreUnavailable, match="still running"):
+            async with asyncio.timeout(5):
+                async with b.lock("t", "s"):
+                    pass
+
+
+# Redis only -----------------------------------------------------------------------------
+
+
+async def test_redis_ttl_is_real(redis_server: RedisServer) -> None:
+    """Redis itself forgets an idle session (PEXPIRE on every write), without a purge."""
+    store = await RedisSessionStore.open(redis_server.url, ttl_seconds=0.3, prefix=f"ttl-{uuid.uuid4().hex}")
+    try:
+        await store.save_turn("t", "s", turn("x"))
+        keys = store._keys("t", "s")
+        assert 0 < await store.client.pttl(keys[0]) <= 300
+        assert 0 < await store.client.pttl(keys[1]) <= 300
+        for _ in range(100):  # a bounded poll: Redis expires keys on its own schedule
+            if not await store.client.exists(*keys):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("Redis did not expire the session within 5 s")
+        assert await store.get("t", "s") is None
+    finally:
+        await store.close()
+
+
+async def test_redis_down_is_a_clear_error() -> None:
+    store = await RedisSessionStore.open(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(SessionStoreUnavailable, match="Redis is unavailable"):
+                await store.get("t", "s")
+            with pytest.raises(SessionStoreUnavailable):
+                await store.save_turn("t", "s", turn("x"))
+            with pytest.raises(SessionStoreUnavailable):
+                async with store.lock("t", "s"):
+                    pass
+            with pytest.raises(SessionStoreUnavailable):
+                await store.check()
+    finally:
+        await store.close()
+
+
+# Workers warning -------------------------------------------------------------------------
+
+
+def test_hypercorn_workers(tmp_path: Path) -> None:
+    toml = tmp_path / "hypercorn.toml"
+    toml.write_text("workers = 4\n")
+    assert hypercorn_workers(["/venv/bin/hypercorn", "-w", "3", "app:app"], {}) == 3
+    assert hypercorn_workers(["/venv/bin/hypercorn", "--workers=2", "app:app"], {}) == 2
+    assert hypercorn_workers(["/venv/bin/hypercorn", "--config", str(toml), "app:app"], {}) == 4
+    assert hypercorn_workers(["/x/hypercorn/__main__.py", "-c", f"toml:{toml}", "app:app"], {}) == 4
+    assert hypercorn_workers(["/venv/bin/hypercorn", "app:app"], {"WEB_CONCURRENCY": "8"}) == 1
+    assert hypercorn_workers(["app.py"], {"WEB_CONCURRENCY": "8"}) == 8
+    assert hypercorn_workers(["app.py"], {}) == 1
+
+
+async def test_memory_store_warns_with_several_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from msev15.sessions import open_session_store
+    from tests.conftest import make_settings
+
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    monkeypatch.setattr("sys.argv", ["app.py"])
+    with caplog.at_level("WARNING", logger="msev15.sessions"):
+        store = await open_session_store(make_settings(tmp_path))
+    assert isinstance(store, MemorySessionStore)
+    assert "SESSION_STORE=memory with 4 Hypercorn workers" in caplog.text
