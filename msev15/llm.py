@@ -15,6 +15,7 @@ import openai
 import orjson
 
 from .settings import Settings
+from .transport import lean_http_client
 
 log = logging.getLogger(__name__)
 
@@ -131,36 +132,38 @@ class OpenAIChatModel:
         done = False
         try:
             async with self._client.chat.completions.with_streaming_response.create(**params) as response:
-                lines = response.iter_lines()
-                async for line in lines:
-                    if not line.startswith("data:"):
+                # Raw bytes split here, not the client's line decoder: every SSE line that arrived in
+                # one network read is parsed in one pass and its text leaves as one delta.
+                chunks = response.iter_bytes()
+                pending = b""
+                async for chunk in chunks:
+                    pending += chunk
+                    if b"\n" not in chunk:
                         continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        done = True
-                        await _drain(lines)
+                    lines = pending.split(b"\n")
+                    pending = lines.pop()
+                    text: list[str] = []
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        finish = _read_chunk(orjson.loads(data), text, calls) or finish
+                    if text:
+                        yield TextDelta("".join(text))
+                    if done:
+                        await _drain(chunks)
                         break
-                    chunk = orjson.loads(data)
-                    if chunk.get("error"):
-                        raise _Retryable(f"model stream error: {_short(chunk['error'])}")
-                    for choice in chunk.get("choices") or ():
-                        delta = choice.get("delta") or {}
-                        content = delta.get("content")
-                        if content:
-                            yield TextDelta(content)
-                        for part in delta.get("tool_calls") or ():
-                            slot = calls.setdefault(
-                                part.get("index", len(calls)), {"id": "", "name": "", "args": ""}
-                            )
-                            if part.get("id"):
-                                slot["id"] = part["id"]
-                            function = part.get("function") or {}
-                            if function.get("name"):
-                                slot["name"] += function["name"]
-                            if function.get("arguments"):
-                                slot["args"] += function["arguments"]
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
+                if not done and pending.startswith(b"data:"):  # a last line without its newline
+                    data = pending[5:].strip()
+                    done = data == b"[DONE]"
+                    if not done and data:
+                        tail: list[str] = []
+                        finish = _read_chunk(orjson.loads(data), tail, calls) or finish
+                        if tail:
+                            yield TextDelta("".join(tail))
         except openai.APIStatusError as exc:
             if exc.status_code in _RETRYABLE_STATUS:
                 raise _Retryable(
@@ -206,7 +209,30 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-async def _drain(lines: AsyncIterator[str], limit: float = 0.5) -> None:
+def _read_chunk(chunk: dict[str, Any], text: list[str], calls: dict[int, dict[str, str]]) -> str | None:
+    """Fold one completion chunk into the text and tool-call pieces; returns its finish reason."""
+    if chunk.get("error"):
+        raise _Retryable(f"model stream error: {_short(chunk['error'])}")
+    finish = None
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if content:
+            text.append(content)
+        for part in delta.get("tool_calls") or ():
+            slot = calls.setdefault(part.get("index", len(calls)), {"id": "", "name": "", "args": ""})
+            if part.get("id"):
+                slot["id"] = part["id"]
+            function = part.get("function") or {}
+            if function.get("name"):
+                slot["name"] += function["name"]
+            if function.get("arguments"):
+                slot["args"] += function["arguments"]
+        finish = choice.get("finish_reason") or finish
+    return finish
+
+
+async def _drain(lines: AsyncIterator[Any], limit: float = 0.5) -> None:
     """Read the body to its end (briefly) so the connection goes back to the pool instead of closing."""
     try:
         async with asyncio.timeout(limit):
@@ -250,6 +276,7 @@ def create_model(settings: Settings) -> ModelClient:
             azure_deployment=settings.azure_openai_responses_deployment_name,
             timeout=_timeout(settings),
             max_retries=0,
+            http_client=lean_http_client(),
         )
         model = settings.azure_openai_responses_deployment_name
     elif provider == "openai":
@@ -258,6 +285,7 @@ def create_model(settings: Settings) -> ModelClient:
             api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed",
             timeout=_timeout(settings),
             max_retries=0,
+            http_client=lean_http_client(),
         )
         model = settings.openai_model
     else:

@@ -34,6 +34,7 @@ class Reply:
     hang: float = 0.0
     die_after: int | None = None
     times: int = 1
+    fragment: int = 0  # >0: send the stream in pieces of this many bytes, cutting lines apart
 
     @classmethod
     def say(cls, text: str, **kw: Any) -> Reply:
@@ -112,7 +113,10 @@ class ScriptedOpenAI:
             cid = f"chatcmpl-{next(self._ids)}"
             if not body.get("stream"):
                 return Response(orjson.dumps(self._whole(cid, reply)), content_type="application/json")
-            response = Response(self._chunks(cid, reply), content_type="text/event-stream")
+            body = self._chunks(cid, reply)
+            if reply.fragment:
+                body = _fragmented(body, reply.fragment)
+            response = Response(body, content_type="text/event-stream")
             response.timeout = None
             return response
 
@@ -190,6 +194,13 @@ class ScriptedOpenAI:
             raise ConnectionAbortedError("scripted stream death")
         yield frame({}, "tool_calls" if reply.tool_calls else "stop")
         yield b"data: [DONE]\n\n"
+
+
+async def _fragmented(frames: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    async for frame in frames:
+        for start in range(0, len(frame), size):
+            yield frame[start : start + size]
+            await asyncio.sleep(0.001)  # separate writes, so the client really reads pieces
 
 
 @contextlib.asynccontextmanager

@@ -183,3 +183,21 @@ async def test_model_turn_runs_under_the_app(tmp_path: Path, openai_server: Scri
             await app.test_client().post("/api/v1/chat", json={"session_id": "x", "message": "yo"})
         ).get_json()
         assert body["message"] == "Echo: yo"
+
+
+async def test_lines_cut_across_network_reads(
+    model_settings: Settings, openai_server: ScriptedOpenAI
+) -> None:
+    openai_server.push(
+        Reply(text="héllo wörld, every byte arrives", fragment=7),
+        Reply(tool_calls=[("get_current_time", {"zone": "UTC"})], fragment=5),
+    )
+    model = model_for(model_settings)
+    events = await collect(model)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "héllo wörld, every byte arrives"
+    assert events[-1] == ModelFinish("stop")
+    events = await collect(model)
+    assert [(e.name, e.arguments) for e in events if isinstance(e, ToolCallRequest)] == [
+        ("get_current_time", '{"zone":"UTC"}')
+    ]
+    await model.close()
