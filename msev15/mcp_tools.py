@@ -20,6 +20,7 @@ import anyio
 import httpx2
 import mcp_types
 from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
 
@@ -65,6 +66,10 @@ class McpToolProvider:
         self._task: asyncio.Task[Any] | None = None
         self._failures = 0
         self._established = False
+        # One HTTP client for every attempt: building one (its TLS context) costs ~30 ms of CPU,
+        # which while the server is down would stall the event loop at each reconnect.
+        # Timeouts as the SDK's own default client: the server may hold a response stream open.
+        self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=300.0))
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -97,6 +102,7 @@ class McpToolProvider:
             await asyncio.gather(task, return_exceptions=True)
         self._drop_tools()
         self._status = "unavailable: closed"
+        await self._http.aclose()
 
     @property
     def connected(self) -> bool:
@@ -154,7 +160,7 @@ class McpToolProvider:
             delay = min(delay * 2, self.reconnect_cap)
 
     async def _session(self) -> None:
-        async with Client(self.url) as client:
+        async with Client(streamable_http_client(self.url, http_client=self._http)) as client:
             listed = await self._list(client)
             self._register(client, listed)
             self._client = client
