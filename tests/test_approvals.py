@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol
@@ -269,3 +270,65 @@ async def test_audit_never_holds_email_bodies(
     assert len(audit["events"]) == 2
     for event in audit["events"]:
         assert event["arguments"] == {"to": "alice@example.com", "subject": "Hi", "body": "[omitted]"}
+
+
+async def _ws_turn(socket: Any, frame: dict[str, Any]) -> list[dict[str, Any]]:
+    await socket.send(orjson.dumps(frame).decode())
+    events = []
+    while True:
+        event = orjson.loads(await socket.receive())
+        events.append(event)
+        if event["type"] in ("done", "error"):
+            return events
+
+
+async def test_approvals_over_the_websocket(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    async with model_client.websocket("/api/v1/chat/ws") as socket:
+        openai_server.push(Reply.call("cancel_order", CANCEL))
+        events = await _ws_turn(socket, {"type": "chat", "session_id": "w", "message": "cancel ORD-1001"})
+        [approval] = [e for e in events if e["type"] == "approval_required"]
+        assert approval["summary"] == "Cancel order ORD-1001 (reason: ordered by mistake)"
+        assert events[-1]["type"] == "done" and "Please confirm" in events[-1]["message"]
+        assert await order_status(model_app, "ORD-1001") == "pending"
+
+        bad = await _ws_turn(
+            socket, {"type": "chat", "session_id": "w", "approvals": [{"id": "nope", "approve": True}]}
+        )
+        assert bad[-1]["type"] == "error" and bad[-1]["code"] == "validation_error"
+
+        openai_server.push(Reply.say("Cancelled."))
+        answer = {"type": "chat", "session_id": "w", "approvals": [{"id": approval["id"], "approve": True}]}
+        events = await _ws_turn(socket, answer)
+        result = next(e for e in events if e["type"] == "tool_result")
+        assert result["ok"] is True and events[-1]["message"] == "Cancelled."
+        again = await _ws_turn(socket, answer)
+        assert again[-1]["type"] == "error" and "already answered" in again[-1]["error"]
+    assert await order_status(model_app, "ORD-1001") == "cancelled"
+
+
+async def test_pending_approval_survives_a_restart_with_the_sqlite_store(
+    tmp_path: Path, openai_server: ScriptedOpenAI
+) -> None:
+    settings = make_settings(
+        tmp_path, llm_provider="openai", openai_base_url=openai_server.base_url, session_store="sqlite"
+    )
+    first = create_app(settings)
+    async with first.test_app():
+        approval = (await propose(first.test_client(), openai_server))["approvals_required"][0]
+    second = create_app(settings)  # a new process would see exactly these files
+    async with second.test_app():
+        client = second.test_client()
+        history = await (await client.get("/api/v1/sessions/s/history")).get_json()
+        assert [p["id"] for p in history["metadata"]["pending_approvals"]] == [approval["id"]]
+        openai_server.push(Reply.say("Cancelled after the restart."))
+        answer = {"session_id": "s", "approvals": [{"id": approval["id"], "approve": True}]}
+        body = await (await client.post("/api/v1/chat", json=answer)).get_json()
+        assert body["tool_calls"][0]["ok"] is True
+        assert await order_status(second, "ORD-1001") == "cancelled"
+        audit = await (await client.get("/api/v1/audit")).get_json()
+        assert [(e["tool"], e.get("decision")) for e in audit["events"]] == [
+            ("cancel_order", None),
+            ("cancel_order", "approved"),
+        ]
