@@ -98,21 +98,19 @@ class OpenAIChatModel:
     async def stream(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> AsyncIterator[ModelEvent]:
-        # The client's request transform walks every message and tool schema through its TypedDicts
-        # (about 6 ms a call, measured in bench/README.md) and returns plain JSON unchanged, so the
-        # messages and tools go in `extra_body`, which is sent as given and wins over `messages=[]`.
-        body: dict[str, Any] = {"messages": messages}
+        request: dict[str, Any] = {"model": self.model_name, "messages": messages, "stream": True}
         if tools:
-            body["tools"] = tools
-        params: dict[str, Any] = {"model": self.model_name, "messages": [], "stream": True}
-        params["extra_body"] = body
+            request["tools"] = tools
         if self.temperature is not None:
-            params["temperature"] = self.temperature
+            request["temperature"] = self.temperature
+        # Encoded once with orjson and posted as-is: the typed `create()` would walk every message
+        # and tool schema through its TypedDicts and then encode them again with stdlib json.
+        body = orjson.dumps(request)
         attempt = 0
         while True:
             emitted = False
             try:
-                async for event in self._one_stream(params):
+                async for event in self._one_stream(body):
                     emitted = True
                     yield event
                 return
@@ -126,15 +124,24 @@ class OpenAIChatModel:
                 await asyncio.sleep(delay)
                 attempt += 1
 
-    async def _one_stream(self, params: dict[str, Any]) -> AsyncIterator[ModelEvent]:
+    async def _one_stream(self, body: bytes) -> AsyncIterator[ModelEvent]:
         calls: dict[int, dict[str, str]] = {}
         finish: str | None = None
         done = False
         try:
-            async with self._client.chat.completions.with_streaming_response.create(**params) as response:
+            # The client's documented generic `post` keeps its auth, Azure deployment paths, base URL,
+            # timeouts and status errors; `cast_to=Response` with `stream=True` hands back the raw stream.
+            response = await self._client.post(
+                "/chat/completions",
+                cast_to=httpx2.Response,
+                content=body,
+                options={"headers": {"Content-Type": "application/json", "Accept": "text/event-stream"}},
+                stream=True,
+            )
+            try:
                 # Raw bytes split here, not the client's line decoder: every SSE line that arrived in
                 # one network read is parsed in one pass and its text leaves as one delta.
-                chunks = response.iter_bytes()
+                chunks = response.aiter_bytes()
                 pending = b""
                 async for chunk in chunks:
                     pending += chunk
@@ -164,6 +171,8 @@ class OpenAIChatModel:
                         finish = _read_chunk(orjson.loads(data), tail, calls) or finish
                         if tail:
                             yield TextDelta("".join(tail))
+            finally:
+                await response.aclose()  # the body is released however the reading ends
         except openai.APIStatusError as exc:
             if exc.status_code in _RETRYABLE_STATUS:
                 raise _Retryable(
