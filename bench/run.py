@@ -363,8 +363,16 @@ class Bench:
 
     def start(self) -> None:
         s = self.size
-        model_fast = ["-m", "tests.openai_server", "--tokens", str(s.tokens), "--delay-ms", "0"]
-        model_slow = ["-m", "tests.openai_server", "--tokens", str(s.tokens), "--delay-ms", str(s.token_ms)]
+        model_fast = ["-m", "tests.openai_server", "--raw", "--tokens", str(s.tokens), "--delay-ms", "0"]
+        model_slow = [
+            "-m",
+            "tests.openai_server",
+            "--raw",
+            "--tokens",
+            str(s.tokens),
+            "--delay-ms",
+            str(s.token_ms),
+        ]
         p_fast, p_slow, p_bare, p_svc, p_svc_stream = (free_port() for _ in range(5))
         self.model_fast = self.fleet.start(
             "model-fast", [PYTHON, *model_fast, "--port", str(p_fast)], p_fast, CLIENT_CPU

@@ -215,12 +215,77 @@ async def running_openai_server(
         yield server
 
 
+_RAW_STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+async def serve_raw(port: int, tokens: int, delay: float) -> None:
+    """The default streamed answer on plain asyncio: a stand-in model that costs its host next to nothing.
+
+    The benchmark uses it so that what it measures is the service, not this server's framework.
+    Keep-alive HTTP/1.1; every POST gets `tokens` words `delay` seconds apart; GET gets the model list.
+    """
+    words = [f"tok{i}" for i in range(tokens)]
+
+    def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {
+            "id": "chatcmpl-raw",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "test-model",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        data = b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                if length:
+                    await reader.readexactly(length)
+                if head.startswith(b"GET"):
+                    body = orjson.dumps({"object": "list", "data": [{"id": "test-model", "object": "model"}]})
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                        % (len(body), body)
+                    )
+                    continue
+                writer.write(_RAW_STREAM_HEAD + frame({"role": "assistant", "content": ""}))
+                for i, word in enumerate(words):
+                    if delay and i:
+                        await writer.drain()
+                        await asyncio.sleep(delay)
+                    writer.write(frame({"content": word if i == len(words) - 1 else word + " "}))
+                data = b"data: [DONE]\n\n"
+                writer.write(frame({}, "stop") + b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=2048)
+    async with server:
+        await server.serve_forever()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--raw", action="store_true", help="plain asyncio, default answer only (for benchmarks)"
+    )
     args = parser.parse_args()
+    if args.raw:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_raw(args.port, args.tokens, args.delay_ms / 1000))
+        return
     server = ScriptedOpenAI(args.tokens, args.delay_ms / 1000)
 
     async def run() -> None:
