@@ -76,6 +76,12 @@ def create_app(settings: Any = None, **overrides: Any) -> Quart:
                 "model_provider": found.model.provider,
                 "model": found.model.model_name,
                 "sessions": settings.session_store,
+                "database": str(settings.order_db_path),
+                "email": (
+                    f"smtp {settings.smtp_server}:{settings.smtp_port}"
+                    if settings.smtp_server
+                    else f"outbox only ({settings.outbox_dir})"
+                ),
                 "auth": "api keys" if settings.api_key_map else "OFF (no API_KEYS)",
                 "mcp": found.mcp.state if found.mcp is not None else "off",
             },

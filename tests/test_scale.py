@@ -172,3 +172,25 @@ async def test_sqlite_sessions_survive_a_service_restart(tmp_path: Path) -> None
         assert second.status_code == 200 and second.json()["message_count"] == 4
         listed = (await after.get("/api/v1/sessions", params={"tenant_id": TENANT})).json()
         assert listed["count"] == 1 and listed["sessions"][0]["session_id"] == SESSION
+
+
+async def test_rate_limits_are_shared_by_instances_through_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with instances(
+        tmp_path,
+        2,
+        session_store="redis",
+        redis_url=redis_server.url,
+        enable_rate_limiting=True,
+        rate_limit_per_minute=3,
+    ) as (a, b):
+        codes = [
+            (await client.get("/api/v1/sessions", params={"tenant_id": TENANT})).status_code
+            for client in (a, b, a)
+        ]
+        assert codes == [200, 200, 200]
+        refused = await b.get("/api/v1/sessions", params={"tenant_id": TENANT})
+        assert refused.status_code == 429  # the fourth request of this client, counted across both instances
+        assert refused.json()["error"]["type"] == "rate_limited" and int(refused.headers["Retry-After"]) >= 1
+        assert (await a.get("/health")).status_code == 200
