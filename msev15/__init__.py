@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from collections.abc import AsyncGenerator
@@ -15,6 +16,17 @@ __version__ = "0.1.0"
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _freeze_startup_objects() -> None:
+    """Move what the first start-up loaded (modules, clients, schemas) out of the collector's reach.
+
+    They live as long as the process, so full collections stay short and latency stays even.
+    Once per process: later apps in the same process (tests) must stay collectable.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(settings: Any = None, **overrides: Any) -> Quart:
@@ -88,10 +100,7 @@ def create_app(settings: Any = None, **overrides: Any) -> Quart:
         )
         if not settings.api_key_map:
             log.warning("API_KEYS is not set: every client may use every tenant. Set API_KEYS in production.")
-        # Everything loaded so far (modules, clients, schemas) lives as long as the process: move it
-        # out of the collector's reach, so full collections stay short and latency stays even.
-        gc.collect()
-        gc.freeze()
+        _freeze_startup_objects()
         try:
             yield
         finally:
