@@ -9,6 +9,7 @@ from typing import Any
 
 import aiosqlite
 
+from . import sqlitedb
 from .jsonio import dumps, iso, loads
 from .tools import ToolContext, ToolResult
 
@@ -56,12 +57,12 @@ class AuditLog:
 
     @classmethod
     async def open(cls, path: Path, busy_timeout_ms: int = 5000) -> AuditLog:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        await db.executescript(_SCHEMA)
-        await db.commit()
+        db = await sqlitedb.connect(path, busy_timeout_ms)
+        try:
+            await db.executescript(_SCHEMA)
+        except BaseException:
+            await db.close()
+            raise
         return cls(db)
 
     async def close(self) -> None:

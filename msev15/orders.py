@@ -13,7 +13,7 @@ from typing import Any
 
 import aiosqlite
 
-from . import demo_data
+from . import demo_data, sqlitedb
 from .demo_data import Product
 from .tools import ToolError
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 STATUSES = ("pending", "processing", "shipped", "delivered", "cancelled", "return_requested")
 CHANGEABLE = ("pending", "processing")
 MAX_QUANTITY = 100
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
 ORDER_PREFIX = "ORD-"
 FIRST_ORDER_NUMBER = 1001
 
@@ -143,14 +143,10 @@ class OrderRepository:
     async def open(cls, path: Path, seed: bool, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> OrderRepository:
         """Connect, migrate to the current schema, and fill a brand-new database with demo data."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
+        db = await sqlitedb.connect(path, busy_timeout_ms)
         try:
             db.row_factory = aiosqlite.Row
-            await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA foreign_keys = ON")
-            await db.execute("PRAGMA synchronous = NORMAL")
             repo = cls(db, path)
             await repo._migrate(seed)
         except BaseException:

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiosqlite
 
+from . import sqlitedb
 from .jsonio import dumps, loads
 from .sessions import (
     Message,
@@ -28,7 +29,7 @@ from .sessions import (
     renew_every,
 )
 
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -97,12 +98,8 @@ class SqliteSessionStore:
         lock_wait: float = 125.0,
     ) -> SqliteSessionStore:
         """Open (and create) the file, in WAL mode with a busy timeout for other workers."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
+        db = await sqlitedb.connect(path, BUSY_TIMEOUT_MS)
         try:
-            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = NORMAL")
             await db.executescript(_SCHEMA)
             await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:

@@ -323,3 +323,16 @@ async def test_sigterm_lets_the_turn_in_flight_finish_and_loses_nothing(tmp_path
     with contextlib.closing(sqlite3.connect(orders_db)) as db:
         rows = db.execute("SELECT recipient, status FROM outbox").fetchall()
     assert rows == [(ALICE, "queued")]
+
+
+async def test_instances_starting_together_on_new_databases_all_come_up(tmp_path: Path) -> None:
+    """Workers of one host open the same new files at once: none may fail on "database is locked"."""
+
+    async def start(folder: Path) -> None:
+        app = create_app(make_settings(folder, session_store="sqlite"))
+        async with app.test_app():
+            assert (await app.test_client().get("/health/readiness")).status_code == 200
+
+    for attempt in range(12):  # the race is timing-dependent: several fresh starts make it show
+        folder = tmp_path / f"start-{attempt}"
+        await asyncio.gather(start(folder), start(folder), start(folder))
