@@ -7,6 +7,7 @@ import contextlib
 import email
 import email.policy
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -82,9 +83,12 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def running_smtp_server(
-    port: int = 0, recorder: RecordingSMTP | None = None, credentials: tuple[str, str] | None = None
+    port: int = 0,
+    recorder: RecordingSMTP | None = None,
+    credentials: tuple[str, str] | None = None,
+    starttls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RecordingSMTP]:
-    """Serve SMTP on 127.0.0.1 (AUTH offered without TLS when `credentials` are given)."""
+    """Serve SMTP on 127.0.0.1: AUTH when `credentials` are given; with `starttls`, TLS is required first."""
     recorder = recorder or RecordingSMTP()
     recorder.credentials = credentials
     loop = asyncio.get_running_loop()
@@ -94,7 +98,9 @@ async def running_smtp_server(
     def protocol() -> SMTP:
         options: dict[str, Any] = {}
         if credentials is not None:
-            options = {"authenticator": recorder.authenticate, "auth_require_tls": False}
+            options = {"authenticator": recorder.authenticate, "auth_require_tls": starttls is not None}
+        if starttls is not None:
+            options.update(tls_context=starttls, require_starttls=True)
         return SMTP(recorder, hostname="localhost", ident="test-smtp", loop=loop, **options)
 
     server = await loop.create_server(protocol, sock=sock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import ssl
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+import trustme
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
@@ -41,7 +43,8 @@ async def repo(tmp_path: Path) -> AsyncIterator[OrderRepository]:
 
 
 def smtp_settings(tmp_path: Path, port: int, **extra: Any) -> Settings:
-    return make_settings(tmp_path, smtp_server="127.0.0.1", smtp_port=port, smtp_use_tls=False, **extra)
+    options: dict[str, Any] = {"smtp_use_tls": False, **extra}
+    return make_settings(tmp_path, smtp_server="127.0.0.1", smtp_port=port, **options)
 
 
 @pytest.fixture
@@ -313,6 +316,37 @@ async def test_logs_in_when_a_password_is_set(repo: OrderRepository, tmp_path: P
         await mailer.deliver_due()
         assert server.logins == [("support@example.com", "s3cret")]
         assert len(server.mails) == 1
+
+
+async def test_starttls_with_a_verified_certificate_then_login(
+    repo: OrderRepository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default production path: STARTTLS, the server's certificate verified, then AUTH inside TLS."""
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_tls)
+    trusted = tmp_path / "test-ca.pem"
+    authority.cert_pem.write_to_path(str(trusted))
+    monkeypatch.setenv("SSL_CERT_FILE", str(trusted))  # the client trusts this CA through the default store
+    async with running_smtp_server(
+        credentials=("support@example.com", "s3cret"), starttls=server_tls
+    ) as server:
+        settings = smtp_settings(tmp_path, server.port, smtp_use_tls=True, sender_password="s3cret")
+        mailer = Mailer(repo, settings)
+        assert await mailer.check() == "ok"
+        mail = await mailer.enqueue("default", ALICE, render_message("Over TLS", "hello", "Support"))
+        await mailer.deliver_due()
+        assert server.logins == [("support@example.com", "s3cret")]
+        assert [m.message["Subject"] for m in server.mails] == ["Over TLS"]
+        row = await mailer.get(mail.id)
+        assert row is not None and row["status"] == "delivered"
+
+        # Without STARTTLS the same server refuses the mail: it stays queued, nothing is lost.
+        plain = Mailer(repo, smtp_settings(tmp_path, server.port, smtp_use_tls=False), retry_base=0.01)
+        kept = await plain.enqueue("default", ALICE, render_message("Plain", "hello", "Support"))
+        await plain.deliver_due()
+        row = await plain.get(kept.id)
+        assert row is not None and row["status"] == "queued" and len(server.mails) == 1
 
 
 # Wired into the app ---------------------------------------------------------------------------
