@@ -11,6 +11,7 @@ from quart.globals import request_ctx, websocket_ctx
 
 from .errors import Forbidden, Unauthorized
 from .services import services
+from .settings import parse_api_keys
 
 
 def _presented_key() -> str | None:
@@ -26,24 +27,31 @@ def _presented_key() -> str | None:
     return None
 
 
-def _tenant_for(key: str, keys: dict[str, str]) -> str | None:
+@lru_cache(maxsize=8)
+def _key_table(raw: str) -> tuple[tuple[bytes, str], ...]:
+    """API_KEYS parsed and encoded once, not on every request."""
+    return tuple((key.encode(), tenant) for key, tenant in parse_api_keys(raw).items())
+
+
+def _tenant_for(key: str, table: tuple[tuple[bytes, str], ...]) -> str | None:
     """Constant-time over every configured key, so timing tells nothing about near misses."""
     found: str | None = None
     encoded = key.encode()
-    for candidate, tenant in keys.items():
-        if hmac.compare_digest(candidate.encode(), encoded):
+    for candidate, tenant in table:
+        if hmac.compare_digest(candidate, encoded):
             found = tenant
     return found
 
 
 def require_api_key() -> None:
     """401 unless auth is off or a known key was presented; remembers the key's tenant."""
-    keys = services().settings.api_key_map
-    if not keys:
+    configured = services().settings.api_keys
+    if configured is None:
         g.key_tenant = None
         return
+    table = _key_table(configured.get_secret_value())
     key = _presented_key()
-    tenant = _tenant_for(key, keys) if key else None
+    tenant = _tenant_for(key, table) if key else None
     if tenant is None:
         raise Unauthorized("a valid API key is required (Authorization: Bearer KEY)")
     g.key_tenant = tenant
@@ -61,9 +69,10 @@ def authorize(requested: str | None) -> str:
     return key_tenant
 
 
-@lru_cache(maxsize=32)
-def _networks(raw: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(item, strict=False) for item in raw)
+@lru_cache(maxsize=8)
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """TRUSTED_PROXIES parsed once, not on every request."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in raw.split(",") if item.strip())
 
 
 def _trusted(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
@@ -80,10 +89,9 @@ def client_ip() -> str:
     peer = source.remote_addr or ""
     if not (request_ctx or websocket_ctx):
         return peer
-    trusted = services().settings.trusted_proxy_list
-    if not trusted:
+    networks = _networks(services().settings.trusted_proxies)
+    if not networks:
         return peer
-    networks = _networks(tuple(trusted))
     if not _trusted(peer, networks):
         return peer
     hops = [h.strip() for h in source.headers.get("X-Forwarded-For", "").split(",") if h.strip()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -113,7 +114,15 @@ class Settings(BaseSettings):
     @classmethod
     def _api_keys_shape(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            _parse_api_keys(value.get_secret_value())
+            parse_api_keys(value.get_secret_value())
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                ipaddress.ip_network(item.strip(), strict=False)  # ValueError names the bad entry
         return value
 
     # Derived views -----------------------------------------------------------------
@@ -125,15 +134,11 @@ class Settings(BaseSettings):
     @property
     def api_key_map(self) -> dict[str, str]:
         """API key -> tenant; empty means auth is off."""
-        return _parse_api_keys(self.api_keys.get_secret_value()) if self.api_keys else {}
+        return parse_api_keys(self.api_keys.get_secret_value()) if self.api_keys else {}
 
     @property
     def allowed_recipient_patterns(self) -> list[str]:
         return [p.strip().lower() for p in self.email_allowed_recipients.split(",") if p.strip()]
-
-    @property
-    def trusted_proxy_list(self) -> list[str]:
-        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
 
     @property
     def model_provider(self) -> Literal["offline", "openai", "azure"]:
@@ -164,7 +169,7 @@ class Settings(BaseSettings):
 _ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,255}$")
 
 
-def _parse_api_keys(raw: str) -> dict[str, str]:
+def parse_api_keys(raw: str) -> dict[str, str]:
     keys: dict[str, str] = {}
     for item in raw.split(","):
         item = item.strip()

@@ -25,6 +25,12 @@ def test_bad_api_keys_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings(_env_file=None)
 
 
+def test_bad_trusted_proxy_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.1,not-an-address")
+    with pytest.raises(SettingsError, match="TRUSTED_PROXIES"):
+        load_settings(_env_file=None)
+
+
 def test_environment_and_dotenv(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     env = tmp_path / ".env"
     env.write_text("OPENAI_MODEL=from-dotenv\nRATE_LIMIT_PER_MINUTE=7\n")
