@@ -87,6 +87,12 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
+def rate_limited(exc: RateLimitExceeded) -> RateLimited:
+    """The 429 of a refused request or WebSocket frame, with whole seconds to wait (at least 1)."""
+    seconds = str(max(1, exc.retry_after if isinstance(exc.retry_after, int) else 1))
+    return RateLimited(f"too many requests; retry in {seconds} s", headers={"Retry-After": seconds})
+
+
 def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
     return {
         "error": {"type": code, "message": message, "details": details or []},
@@ -122,9 +128,7 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(RateLimitExceeded)
     async def _rate_limited(error: RateLimitExceeded) -> Response:
-        seconds = error.retry_after if isinstance(error.retry_after, int) else 1
-        retry = str(max(1, seconds))
-        return render(RateLimited(f"too many requests; retry in {retry} s", headers={"Retry-After": retry}))
+        return render(rate_limited(error))
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:

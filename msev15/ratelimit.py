@@ -109,7 +109,7 @@ def install_rate_limits(app: Quart, settings: Settings) -> None:
     )
     limits = [RateLimit(settings.rate_limit_per_minute, timedelta(minutes=1), _client_key, _not_api)]
     limiter = ClientRateLimiter(app, key_function=_client_key, store=store, default_limits=limits)
-    app.extensions[LIMITER_KEY] = (limiter, [RateLimit(settings.rate_limit_per_minute, timedelta(minutes=1))])
+    app.extensions[LIMITER_KEY] = (limiter, limits)  # frames share the key: it is the client, not the route
 
 
 async def count_frame(app: Quart) -> None:

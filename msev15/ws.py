@@ -20,7 +20,7 @@ from quart import Blueprint, Response, current_app, g, websocket
 from quart_rate_limiter import RateLimitExceeded
 
 from .agent import TokenEvent, Turn, event_dict
-from .errors import AppError, render, validation_details
+from .errors import AppError, rate_limited, render, validation_details
 from .jsonio import dumps, loads
 from .logs import request_id_var
 from .ratelimit import count_frame
@@ -105,8 +105,8 @@ class _Channel:
             try:
                 await count_frame(current_app)  # a chat frame spends the client's API budget like a request
             except RateLimitExceeded as exc:
-                retry = exc.retry_after if isinstance(exc.retry_after, int) else 1
-                await self._error(f"too many requests; retry in {max(1, retry)} s", None, "rate_limited")
+                refusal = rate_limited(exc)
+                await self._error(refusal.message, None, refusal.code)
                 return
             if len(self._chats) >= MAX_QUEUED_CHATS:
                 await self._error("too many chats queued on this socket; wait for `done`")
