@@ -150,27 +150,17 @@ class OpenAIChatModel:
                     lines = pending.split(b"\n")
                     pending = lines.pop()
                     text: list[str] = []
-                    for line in lines:
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            done = True
-                            break
-                        finish = _read_chunk(orjson.loads(data), text, calls) or finish
+                    done, finish = _read_lines(lines, text, calls, finish)
                     if text:
                         yield TextDelta("".join(text))
                     if done:
                         await _drain(chunks)
                         break
-                if not done and pending.startswith(b"data:"):  # a last line without its newline
-                    data = pending[5:].strip()
-                    done = data == b"[DONE]"
-                    if not done and data:
-                        tail: list[str] = []
-                        finish = _read_chunk(orjson.loads(data), tail, calls) or finish
-                        if tail:
-                            yield TextDelta("".join(tail))
+                else:  # the body ended: a last line may have come without its newline
+                    tail: list[str] = []
+                    done, finish = _read_lines([pending], tail, calls, finish)
+                    if tail:
+                        yield TextDelta("".join(tail))
             finally:
                 await response.aclose()  # the body is released however the reading ends
         except openai.APIStatusError as exc:
@@ -216,6 +206,21 @@ class _Retryable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+def _read_lines(
+    lines: list[bytes], text: list[str], calls: dict[int, dict[str, str]], finish: str | None
+) -> tuple[bool, str | None]:
+    """Fold complete SSE lines into text and tool calls; returns (saw [DONE], finish reason so far)."""
+    for line in lines:
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return True, finish
+        if data:
+            finish = _read_chunk(orjson.loads(data), text, calls) or finish
+    return False, finish
 
 
 def _read_chunk(chunk: dict[str, Any], text: list[str], calls: dict[int, dict[str, str]]) -> str | None:

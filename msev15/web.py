@@ -54,7 +54,7 @@ health = Blueprint("health", __name__)
 page = Blueprint("page", __name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_ERROR_STATUS = {"validation_error": 400, "unavailable": 503, "internal_error": 500}
+_ERRORS: dict[str, type[AppError]] = {"validation_error": BadRequest, "unavailable": Unavailable}
 
 
 def install_request_context(app: Quart) -> None:
@@ -86,9 +86,14 @@ async def _auth() -> None:
 # Chat --------------------------------------------------------------------------------------
 
 
+def asked_tenant(asked: ChatRequest | TenantQuery) -> str:
+    """The request's tenant: the key's; a `tenant_id` the client actually sent must match it (403)."""
+    return authorize(asked.tenant_id if "tenant_id" in asked.model_fields_set else None)
+
+
 def turn_from(data: ChatRequest) -> Turn:
     """Authorise the tenant and build the agent's input; shared by every transport."""
-    tenant = authorize(data.tenant_id if "tenant_id" in data.model_fields_set else None)
+    tenant = asked_tenant(data)
     session_id_var.set(data.session_id)
     tenant_id_var.set(tenant)
     approvals = tuple(ApprovalAnswer(a.id, a.approve) for a in data.approvals or ())
@@ -142,12 +147,7 @@ async def chat(data: ChatRequest) -> Response:
 
 
 def _error_for(event: ErrorEvent) -> AppError:
-    status = _ERROR_STATUS.get(event.code, 500)
-    if status == 400:
-        return BadRequest(event.error)
-    if status == 503:
-        return Unavailable(event.error)
-    return AppError(event.error)
+    return _ERRORS.get(event.code, AppError)(event.error)
 
 
 @api.post("/chat/stream")
@@ -196,7 +196,7 @@ def _pumped(events: AsyncIterator[Event | None]) -> AsyncGenerator[Event | None,
 async def list_sessions() -> Response:
     """The tenant's sessions, most recently active first."""
     query = parse_query(TenantQuery, request.args)
-    tenant = authorize(query.tenant_id if "tenant_id" in query.model_fields_set else None)
+    tenant = asked_tenant(query)
     found = await services().sessions.list(tenant)
     return json_response({"tenant_id": tenant, "sessions": [s.summary() for s in found], "count": len(found)})
 
@@ -242,7 +242,7 @@ async def delete_session(session_id: str) -> Response:
 
 def _session_target(session_id: str) -> tuple[str, str]:
     query = parse_query(TenantQuery, request.args)
-    tenant = authorize(query.tenant_id if "tenant_id" in query.model_fields_set else None)
+    tenant = asked_tenant(query)
     session_id_var.set(session_id)
     tenant_id_var.set(tenant)
     return tenant, check_identifier(session_id, "session_id")
@@ -263,7 +263,7 @@ def _public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 async def audit_events() -> Response:
     """The tenant's tool calls and approval decisions, newest first; `cursor` pages back."""
     query = parse_query(AuditQuery, request.args)
-    tenant = authorize(query.tenant_id if "tenant_id" in query.model_fields_set else None)
+    tenant = asked_tenant(query)
     audit = services().audit
     if audit is None:
         raise Unavailable("the audit log is not available")
