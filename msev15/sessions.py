@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -344,6 +345,18 @@ def _int(raw: str) -> int:
         return int(raw)
     except ValueError:
         return 1
+
+
+@asynccontextmanager
+async def renewed(interval: float, renew: Callable[[], Awaitable[bool]], what: str) -> AsyncIterator[None]:
+    """Keep a lease alive while the block runs (a long turn), and stop renewing when it ends."""
+    renewal = asyncio.create_task(renew_every(interval, renew, what))
+    try:
+        yield
+    finally:
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
 
 
 async def renew_every(interval: float, renew: Callable[[], Awaitable[bool]], what: str) -> None:

@@ -17,7 +17,6 @@ or not at all.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -38,7 +37,7 @@ from .sessions import (
     SessionLimitError,
     SessionStoreUnavailable,
     _LockTable,
-    renew_every,
+    renewed,
 )
 
 log = logging.getLogger(__name__)
@@ -184,15 +183,12 @@ class RedisSessionStore:
                 acquired = await lock.acquire()
             if not acquired:
                 raise SessionStoreUnavailable("another turn on this session is still running; try again")
-            renewal = asyncio.create_task(
-                renew_every(self.lock_timeout / 3, lambda: _reacquire(lock), f"session {session_id!r}")
-            )
             try:
-                yield
+                async with renewed(
+                    self.lock_timeout / 3, lambda: _reacquire(lock), f"session {session_id!r}"
+                ):
+                    yield
             finally:
-                renewal.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewal
                 try:
                     await lock.release()
                 except (LockError, RedisError) as exc:  # expired or Redis gone: the timeout frees it

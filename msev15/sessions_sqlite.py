@@ -13,6 +13,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .sessions import (
     SessionLimitError,
     SessionStoreUnavailable,
     _LockTable,
-    renew_every,
+    renewed,
 )
 
 BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
@@ -118,19 +119,11 @@ class SqliteSessionStore:
     async def _hold(self, tenant_id: str, session_id: str) -> AsyncIterator[None]:
         async with self._locks.hold((tenant_id, session_id)):
             await self._acquire_lease(tenant_id, session_id)
-            renewal = asyncio.create_task(
-                renew_every(
-                    self.lock_timeout / 3,
-                    lambda: self._renew_lease(tenant_id, session_id),
-                    f"session {session_id!r}",
-                )
-            )
             try:
-                yield
+                renew = partial(self._renew_lease, tenant_id, session_id)
+                async with renewed(self.lock_timeout / 3, renew, f"session {session_id!r}"):
+                    yield
             finally:
-                renewal.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewal
                 try:
                     await self._write(
                         "DELETE FROM chat_session_leases"
