@@ -11,7 +11,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import trustme
 from quart.typing import TestClientProtocol
@@ -21,10 +20,11 @@ from msev15.mail_tools import mail_tools
 from msev15.mailer import Mailer, recipient_allowed, render_message
 from msev15.orders import OrderRepository
 from msev15.settings import Settings
-from msev15.tools import ToolContext, ToolRegistry, ToolResult
+from msev15.tools import ToolRegistry
 from tests.conftest import make_settings
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.smtp_server import RecordingSMTP, free_port, running_smtp_server
+from tests.test_orders import call, data
 
 ALICE = "alice@example.com"
 
@@ -59,16 +59,6 @@ def registry_for(mailer: Mailer, repo: OrderRepository) -> ToolRegistry:
     tools = ToolRegistry(default_timeout=5.0)
     tools.register_all(mail_tools(mailer, repo))
     return tools
-
-
-async def call(tools: ToolRegistry, name: str, args: dict[str, Any], tenant: str = "default") -> ToolResult:
-    return await tools.call(name, args, ToolContext(tenant, "s1", "r1"))
-
-
-def data(result: ToolResult) -> Any:
-    assert result.ok, result.error
-    assert result.content is not None
-    return orjson.loads(result.content)
 
 
 def parse(raw: bytes) -> EmailMessage:
