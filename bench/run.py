@@ -746,10 +746,11 @@ class DirectModel:
         import httpx2
         import openai
 
-        from msev15.agent import INSTRUCTIONS
-        from msev15.mail_tools import mail_tools
-        from msev15.order_tools import order_tools
-        from msev15.tools import ToolRegistry, builtin_tools
+        from msev15.agent.loop import INSTRUCTIONS
+        from msev15.tools.clock import builtin_tools
+        from msev15.tools.mail import mail_tools
+        from msev15.tools.orders import order_tools
+        from msev15.tools.registry import ToolRegistry
 
         registry = ToolRegistry(15.0, 8000)
         registry.register_all(builtin_tools())
@@ -815,7 +816,7 @@ class DirectModel:
 
 
 def probe_sessions(count: int) -> None:
-    from msev15.sessions import MemorySessionStore, Message
+    from msev15.stores.sessions import MemorySessionStore, Message
 
     def rss() -> float:
         return rss_mib(os.getpid())

@@ -6,15 +6,26 @@ import functools
 import gc
 import logging
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import Any
 
 from quart import Quart
 from quart_schema import Info, QuartSchema
 
-__version__ = "0.1.0"
+from msev15.agent.model import ModelClient
+from msev15.logs import banner, configure_logging
+from msev15.settings import ROOT, VERSION, Settings, load_settings
+from msev15.stores.sessions import SessionStore
+from msev15.web import chat, health, page, ws
+from msev15.web import sessions as session_routes
+from msev15.web.context import install_request_context
+from msev15.web.cors import install_cors
+from msev15.web.errors import register_error_handlers
+from msev15.web.openapi import ServiceOpenAPI
+from msev15.web.ratelimit import install_rate_limits
+from msev15.web.services import EXTENSION_KEY, Overrides, open_services
 
-ROOT = Path(__file__).resolve().parent.parent
+__version__ = VERSION
+__all__ = ["ROOT", "__version__", "create_app"]
 log = logging.getLogger(__name__)
 
 
@@ -29,24 +40,22 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def create_app(settings: Any = None, **overrides: Any) -> Quart:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    model: ModelClient | None = None,
+    sessions: SessionStore | None = None,
+    **overrides: Any,
+) -> Quart:
     """Build the app; tests pass their own settings and doubles (`model=`, `sessions=`).
 
-    Keyword overrides that name a setting (lower case) replace it; `model`, `sessions` and any
-    other non-setting keyword are handed to the services as pre-built parts.
+    Other keyword overrides name a setting (lower case) and replace it; anything else is a
+    mistake and raises TypeError instead of being dropped.
     """
-    from .errors import register_error_handlers
-    from .logs import banner, configure_logging
-    from .openapi import ServiceOpenAPI
-    from .ratelimit import install_rate_limits
-    from .services import EXTENSION_KEY, Overrides, open_services
-    from .settings import Settings, load_settings
-    from .web import api, health, install_request_context, page
-    from .ws import ws
-
-    parts = Overrides(model=overrides.pop("model", None), sessions=overrides.pop("sessions", None))
-    setting_names = set(Settings.model_fields)
-    parts.extra = {k: overrides.pop(k) for k in list(overrides) if k not in setting_names}
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:
+        raise TypeError(f"create_app() got unknown overrides: {', '.join(unknown)}")
+    parts = Overrides(model=model, sessions=sessions)
     if settings is None:
         settings = load_settings(**overrides)
     elif overrides:
@@ -68,13 +77,9 @@ def create_app(settings: Any = None, **overrides: Any) -> Quart:
     register_error_handlers(app)
     install_request_context(app)
     install_rate_limits(app, settings)  # after the request id exists, so a 429 carries it
-    app.register_blueprint(api)
-    app.register_blueprint(health)
-    app.register_blueprint(page)
-    app.register_blueprint(ws)
+    for module in (chat, session_routes, health, page, ws):
+        app.register_blueprint(module.routes)
     if settings.enable_cors:
-        from .cors import install_cors
-
         install_cors(app, settings.cors_origin_list)
 
     @app.while_serving

@@ -1,4 +1,4 @@
-"""Fast JSON in and out (orjson), shared by every transport."""
+"""The JSON codec (orjson) and ISO-8601 timestamps: no web types here, every layer may use it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from quart import Response
 
 
 def dumps(value: Any) -> str:
@@ -19,10 +18,6 @@ def dumpb(value: Any) -> bytes:
 
 def loads(raw: str | bytes) -> Any:
     return orjson.loads(raw)
-
-
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type="application/json")
 
 
 def utcnow() -> datetime:

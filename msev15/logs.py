@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .settings import Settings
+from msev15.settings import Settings
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 session_id_var: ContextVar[str | None] = ContextVar("session_id", default=None)

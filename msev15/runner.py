@@ -15,8 +15,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Quart
 
-from . import ROOT
-from .settings import DEFAULT_MCP_URL, load_settings
+from msev15.settings import DEFAULT_MCP_URL, ROOT, load_settings
 
 log = logging.getLogger(__name__)
 

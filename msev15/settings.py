@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+VERSION = "0.1.0"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: static/, templates/, hypercorn.toml
 DEFAULT_MCP_URL = "http://localhost:8000/mcp"
 
 

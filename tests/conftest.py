@@ -11,8 +11,8 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
-from msev15.services import EXTENSION_KEY, Services
 from msev15.settings import Settings, load_settings
+from msev15.web.services import EXTENSION_KEY, Services
 from tests.openai_server import ScriptedOpenAI, running_openai_server
 
 

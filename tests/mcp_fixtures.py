@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from msev15 import ROOT
-from msev15.orders import OrderRepository
+from msev15.stores.orders import OrderRepository
 
 STARTUP_SECONDS = 20.0
 
@@ -72,11 +72,8 @@ class McpProcess:
         env = os.environ.copy()
         env["PYTHONPATH"] = str(ROOT)
         env["LOG_LEVEL"] = "WARNING"
-        if self.slow_tool:
-            env["MCP_TEST_SLOW_TOOL"] = "1"
-        else:
-            env.pop("MCP_TEST_SLOW_TOOL", None)
-        cmd = [sys.executable, "-m", "msev15.mcp_server", "--host", "127.0.0.1", "--port", str(self.port)]
+        module = "tests.slow_mcp_server" if self.slow_tool else "msev15.mcp_server"
+        cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
             [*cmd, "--db", str(self.db)], cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL
         )

@@ -11,7 +11,7 @@ import pytest
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
-from msev15.sessions import MemorySessionStore
+from msev15.stores.sessions import MemorySessionStore
 from tests.conftest import make_settings
 from tests.openai_server import Reply, ScriptedOpenAI
 

@@ -12,7 +12,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
-from msev15.services import EXTENSION_KEY, Services
+from msev15.web.services import EXTENSION_KEY, Services
 from tests.conftest import make_settings, order_status
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.test_api import assert_error, sse_events

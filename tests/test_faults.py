@@ -19,10 +19,10 @@ import orjson
 import pytest
 
 from msev15 import create_app
-from msev15.order_tools import order_tools
-from msev15.orders import OrderRepository
-from msev15.sessions_sqlite import SqliteSessionStore
-from msev15.tools import ToolContext, ToolRegistry
+from msev15.stores.orders import OrderRepository
+from msev15.stores.sessions.sqlite import SqliteSessionStore
+from msev15.tools.orders import order_tools
+from msev15.tools.registry import ToolContext, ToolRegistry
 from tests.conftest import make_settings
 from tests.openai_server import Reply, ScriptedOpenAI, running_openai_server
 

@@ -10,7 +10,7 @@ from typing import Any
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
-from msev15.agent import INSTRUCTIONS
+from msev15.agent.loop import INSTRUCTIONS
 from tests.conftest import make_settings
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.test_api import sse_events

@@ -8,15 +8,10 @@ import pytest
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
-from msev15.llm import (
-    ModelFinish,
-    ModelUnavailable,
-    OpenAIChatModel,
-    TextDelta,
-    ToolCallRequest,
-    create_model,
-)
-from msev15.offline import OfflineModel
+from msev15.agent.model import ModelFinish, ModelUnavailable, TextDelta, ToolCallRequest
+from msev15.agent.offline.model import OfflineModel
+from msev15.agent.openai_chat import OpenAIChatModel
+from msev15.agent.providers import create_model
 from msev15.settings import Settings
 from tests.conftest import make_settings
 from tests.openai_server import Reply, ScriptedOpenAI

@@ -49,7 +49,7 @@ async def test_banner_and_request_context_in_json_lines_without_secrets(tmp_path
     assert banner["banner"]["email"].startswith("outbox only")
     assert banner["settings"]["OPENAI_API_KEY"] == "***" and banner["settings"]["API_KEYS"] == "***"
     failure = next(e for e in entries if e["message"].startswith("model unavailable"))
-    assert failure["level"] == "WARNING" and failure["module"] == "msev15.agent"
+    assert failure["level"] == "WARNING" and failure["module"] == "msev15.agent.loop"
     assert (failure["request_id"], failure["session_id"], failure["tenant_id"]) == ("req-42", "s-1", "acme")
     assert "client_ip" in failure and failure["timestamp"]
     assert "hello" not in raw  # message bodies are not logged above DEBUG

@@ -16,11 +16,11 @@ import trustme
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
-from msev15.mail_tools import mail_tools
-from msev15.mailer import Mailer, recipient_allowed, render_message
-from msev15.orders import OrderRepository
+from msev15.mail.sender import Mailer, recipient_allowed, render_message
 from msev15.settings import Settings
-from msev15.tools import ToolRegistry
+from msev15.stores.orders import OrderRepository
+from msev15.tools.mail import mail_tools
+from msev15.tools.registry import ToolRegistry
 from tests.conftest import make_settings
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.smtp_server import RecordingSMTP, free_port, running_smtp_server

@@ -13,7 +13,8 @@ import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
-from msev15 import ROOT, mcp_server
+from msev15 import ROOT
+from msev15.mcp_server import server as mcp_server
 from tests.mcp_fixtures import McpProcess, make_orders_db, running_mcp
 
 EXPECTED_TOOLS = {"search_products", "get_product", "get_policy", "search_faq"}

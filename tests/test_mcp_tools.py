@@ -15,10 +15,10 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
-from msev15.mcp_tools import SOURCE, McpToolProvider
-from msev15.services import EXTENSION_KEY, Services
 from msev15.settings import Settings
-from msev15.tools import Tool, ToolArgs, ToolContext, ToolRegistry
+from msev15.tools.mcp import SOURCE, McpToolProvider
+from msev15.tools.registry import Tool, ToolArgs, ToolContext, ToolRegistry
+from msev15.web.services import EXTENSION_KEY, Services
 from tests.conftest import make_settings
 from tests.mcp_fixtures import McpProcess, free_port, make_orders_db, running_mcp, wait_until
 from tests.openai_server import Reply, ScriptedOpenAI

@@ -12,10 +12,10 @@ from quart import Quart
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
-from msev15.llm import ModelFinish, TextDelta, ToolCallRequest
-from msev15.offline import OfflineModel
-from msev15.offline_wording import NOTE
-from msev15.services import EXTENSION_KEY, Services
+from msev15.agent.model import ModelFinish, TextDelta, ToolCallRequest
+from msev15.agent.offline.model import OfflineModel
+from msev15.agent.offline.wording import NOTE
+from msev15.web.services import EXTENSION_KEY, Services
 from tests.conftest import make_settings
 from tests.mcp_fixtures import McpProcess, make_orders_db, running_mcp
 from tests.test_api import sse_events

@@ -12,10 +12,10 @@ import pytest
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
-from msev15.demo_data import Product
-from msev15.order_tools import order_tools
-from msev15.orders import SCHEMA_VERSION, OrderError, OrderRepository
-from msev15.tools import ToolContext, ToolRegistry, ToolResult
+from msev15.stores.demo_data import Product
+from msev15.stores.orders import SCHEMA_VERSION, OrderError, OrderRepository
+from msev15.tools.orders import order_tools
+from msev15.tools.registry import ToolContext, ToolRegistry, ToolResult
 from tests.conftest import make_settings
 from tests.openai_server import Reply, ScriptedOpenAI
 

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from msev15.demo_data import CATALOG
-from msev15.order_tools import order_tools
-from msev15.orders import OrderRepository
-from msev15.sessions import MemorySessionStore, Message, SessionLimitError
-from msev15.sessions_sqlite import SqliteSessionStore
-from msev15.tools import ToolContext, ToolRegistry
+from msev15.stores.demo_data import CATALOG
+from msev15.stores.orders import OrderRepository
+from msev15.stores.sessions import MemorySessionStore, Message, SessionLimitError
+from msev15.stores.sessions.sqlite import SqliteSessionStore
+from msev15.tools.orders import order_tools
+from msev15.tools.registry import ToolContext, ToolRegistry
 
 FAST = settings(
     max_examples=40,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from msev15.sessions import (
+from msev15.stores.sessions import (
     MemorySessionStore,
     Message,
     SessionLimitError,
@@ -18,8 +18,8 @@ from msev15.sessions import (
     SessionStoreUnavailable,
     hypercorn_workers,
 )
-from msev15.sessions_redis import RedisSessionStore
-from msev15.sessions_sqlite import SqliteSessionStore
+from msev15.stores.sessions.redis import RedisSessionStore
+from msev15.stores.sessions.sqlite import SqliteSessionStore
 from tests.redis_server import REDIS_SERVER, SKIP_REASON, RedisServer, free_port
 
 
@@ -352,12 +352,12 @@ def test_hypercorn_workers(tmp_path: Path) -> None:
 async def test_memory_store_warns_with_several_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from msev15.sessions import open_session_store
+    from msev15.stores.sessions import open_session_store
     from tests.conftest import make_settings
 
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     monkeypatch.setattr("sys.argv", ["app.py"])
-    with caplog.at_level("WARNING", logger="msev15.sessions"):
+    with caplog.at_level("WARNING", logger="msev15.stores.sessions"):
         store = await open_session_store(make_settings(tmp_path))
     assert isinstance(store, MemorySessionStore)
     assert "SESSION_STORE=memory with 4 Hypercorn workers" in caplog.text

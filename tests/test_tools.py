@@ -7,7 +7,15 @@ from typing import Any
 
 from pydantic import Field
 
-from msev15.tools import RetryableToolError, Tool, ToolArgs, ToolContext, ToolError, ToolRegistry, ToolResult
+from msev15.tools.registry import (
+    RetryableToolError,
+    Tool,
+    ToolArgs,
+    ToolContext,
+    ToolError,
+    ToolRegistry,
+    ToolResult,
+)
 
 CTX = ToolContext("tenant", "session", "req")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import httpx2
 import pytest
 
-from msev15.transport import LeanTransport
+from msev15.agent.transport import LeanTransport
 
 Handler = Callable[[int, bytes, asyncio.StreamWriter], Awaitable[bool]]  # -> keep the connection open?
 

@@ -1,0 +1,1 @@
+"""Email: rendering (text, HTML) and delivery through the durable outbox over SMTP."""

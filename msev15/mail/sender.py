@@ -1,0 +1,385 @@
+"""Email: render text + HTML, write to the outbox first, deliver in the background over SMTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import format_datetime, formataddr
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+from jinja2 import Environment
+
+from msev15.settings import Settings
+from msev15.stores.orders import OrderRepository, now_iso
+
+log = logging.getLogger(__name__)
+
+# Autoescape: every customer-supplied value (names, addresses, bodies) is escaped in the HTML part.
+_HTML = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+_TEXT = Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+_CONFIRMATION_TEXT = _TEXT.from_string(
+    """Hello {{ order.customer_name }},
+
+Thank you for your order {{ order.order_id }}. Here is a summary.
+
+Status: {{ order.status }}
+{% for item in order["items"] %}
+- {{ item.quantity }} x {{ item.name }} ({{ item.sku }}) at {{ item.unit_price }} = {{ item.line_total }}
+{% endfor %}
+Total: {{ order.total }}
+
+Shipping to:
+{{ order.shipping_address }}
+
+If anything looks wrong, just reply to this email.
+
+{{ sender_name }}
+"""
+)
+
+_CONFIRMATION_HTML = _HTML.from_string(
+    """<!doctype html>
+<html><body style="font-family: sans-serif; color: #222;">
+<p>Hello {{ order.customer_name }},</p>
+<p>Thank you for your order <strong>{{ order.order_id }}</strong>. Here is a summary.</p>
+<p>Status: {{ order.status }}</p>
+<table cellpadding="4" style="border-collapse: collapse;">
+<tr><th align="left">Item</th><th align="left">SKU</th><th align="right">Qty</th>
+<th align="right">Price</th><th align="right">Total</th></tr>
+{% for item in order["items"] %}
+<tr><td>{{ item.name }}</td><td>{{ item.sku }}</td><td align="right">{{ item.quantity }}</td>
+<td align="right">{{ item.unit_price }}</td><td align="right">{{ item.line_total }}</td></tr>
+{% endfor %}
+<tr><td colspan="4" align="right"><strong>Total</strong></td>
+<td align="right"><strong>{{ order.total }}</strong></td></tr>
+</table>
+<p>Shipping to:<br>{{ order.shipping_address | e | replace("\\n", "<br>"|safe) }}</p>
+<p>If anything looks wrong, just reply to this email.</p>
+<p>{{ sender_name }}</p>
+</body></html>
+"""
+)
+
+_MESSAGE_HTML = _HTML.from_string(
+    """<!doctype html>
+<html><body style="font-family: sans-serif; color: #222;">
+{% for paragraph in paragraphs %}
+<p>{{ paragraph | e | replace("\\n", "<br>"|safe) }}</p>
+{% endfor %}
+<p>{{ sender_name }}</p>
+</body></html>
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+def render_confirmation(order: dict[str, Any], sender_name: str) -> Rendered:
+    """An order confirmation as text and HTML from the order dict the repository returns."""
+    return Rendered(
+        f"Your order {order['order_id']}",
+        _CONFIRMATION_TEXT.render(order=order, sender_name=sender_name),
+        _CONFIRMATION_HTML.render(order=order, sender_name=sender_name),
+    )
+
+
+def render_message(subject: str, body: str, sender_name: str) -> Rendered:
+    """A free-form message: the body as written in text, escaped paragraphs in HTML."""
+    paragraphs = [p.strip() for p in body.replace("\r\n", "\n").split("\n\n") if p.strip()]
+    text = body.rstrip() + f"\n\n{sender_name}\n"
+    return Rendered(subject, text, _MESSAGE_HTML.render(paragraphs=paragraphs, sender_name=sender_name))
+
+
+def recipient_allowed(address: str, patterns: list[str]) -> bool:
+    """EMAIL_ALLOWED_RECIPIENTS: exact addresses and `*@domain` (or `@domain`) wildcards."""
+    address = address.strip().lower()
+    for pattern in patterns:
+        pattern = pattern.strip().lower()
+        if pattern.startswith("*@") or pattern.startswith("@"):
+            if address.endswith("@" + pattern.split("@", 1)[1]):
+                return True
+        elif address == pattern:
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMail:
+    id: str
+    message_id: str
+    recipient: str
+    status: str  # "queued" (the sender will deliver it) or "undelivered" (outbox only)
+
+
+class Mailer:
+    """The outbox and its sender task; the database row is the single truth of what was delivered."""
+
+    def __init__(
+        self,
+        repo: OrderRepository,
+        settings: Settings,
+        *,
+        retry_base: float | None = None,
+        retry_max: float | None = None,
+        timeout: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.repo = repo
+        self.settings = settings
+        self.retry_base = retry_base if retry_base is not None else settings.smtp_retry_base_seconds
+        self.retry_max = retry_max if retry_max is not None else settings.smtp_retry_max_seconds
+        self.timeout = timeout if timeout is not None else settings.smtp_timeout_seconds
+        # A send in flight holds its row this long, so a second sender (or instance) leaves it alone.
+        self.lease = self.timeout * 4
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def smtp_enabled(self) -> bool:
+        return self.settings.smtp_server is not None
+
+    # Lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the sender (only when an SMTP server is configured); it picks up mails left queued."""
+        if self.smtp_enabled and self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name="mail-sender")
+
+    async def close(self) -> None:
+        """Let a send in flight finish (bounded), then stop; queued mails wait for the next start."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=self.timeout)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def check(self) -> str:
+        """Readiness: connect and EHLO with a short timeout; no SMTP server is a mode, not a failure."""
+        if not self.smtp_enabled:
+            return "outbox only"
+        client = self._client(timeout=min(self.timeout, 3.0))
+        try:
+            await client.connect()
+            await client.ehlo()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return f"unavailable: {type(exc).__name__}"
+        finally:
+            with contextlib.suppress(Exception):
+                await client.quit()
+            client.close()
+        return "ok"
+
+    # The outbox ---------------------------------------------------------------------------
+
+    async def enqueue(self, tenant_id: str, to: str, content: Rendered) -> QueuedMail:
+        """Write the mail to the outbox (and wake the sender); with no SMTP server, also a .eml file."""
+        mail_id = uuid.uuid4().hex
+        message = self._build(mail_id, to, content)
+        raw = message.as_bytes(policy=SMTP_POLICY)
+        status = "queued" if self.smtp_enabled else "undelivered"
+        async with self.repo.transaction() as db:
+            await db.execute(
+                "INSERT INTO outbox (id, tenant_id, message_id, recipient, subject, raw, status,"
+                " next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (mail_id, tenant_id, message["Message-ID"], to, content.subject, raw, status,
+                 self.clock(), now_iso()),
+            )  # fmt: skip
+        if self.smtp_enabled:
+            self._wake.set()
+        else:
+            await asyncio.to_thread(_write_eml, self.settings.outbox_dir, mail_id, raw)
+            log.info("mail %s kept in the outbox (no SMTP_SERVER)", mail_id)
+        return QueuedMail(mail_id, str(message["Message-ID"]), to, status)
+
+    async def get(self, mail_id: str) -> dict[str, Any] | None:
+        """One outbox row (for diagnostics and tests)."""
+        async with self.repo.reading() as db:
+            async with db.execute(
+                "SELECT id, tenant_id, message_id, recipient, subject, status, attempts, last_error,"
+                " created_at, delivered_at FROM outbox WHERE id = ?",
+                (mail_id,),
+            ) as cursor:
+                row = await cursor.fetchone()
+        return dict(row) if row else None
+
+    def _build(self, mail_id: str, to: str, content: Rendered) -> EmailMessage:
+        sender = self.settings.sender_email
+        domain = sender.rpartition("@")[2] or "localhost"
+        message = EmailMessage()
+        message["From"] = formataddr((self.settings.sender_name, sender))
+        message["To"] = to
+        message["Subject"] = " ".join(content.subject.split())  # no header injection via newlines
+        message["Date"] = format_datetime(datetime.now(UTC))
+        # Stable for the life of the mail: a retried delivery is recognisably the same message.
+        message["Message-ID"] = f"<{mail_id}@{domain}>"
+        message.set_content(content.text)
+        message.add_alternative(content.html, subtype="html")
+        return message
+
+    # Delivery -------------------------------------------------------------------------------
+
+    async def deliver_due(self) -> float | None:
+        """One pass over the due mails; returns seconds until the next retry is due (None: none)."""
+        client: aiosmtplib.SMTP | None = None
+        try:
+            for mail_id in await self._due_ids():
+                if self._stopping:
+                    break
+                claimed = await self._claim(mail_id)
+                if claimed is None:
+                    continue
+                recipient, raw, attempts = claimed
+                try:
+                    if client is None or not client.is_connected:
+                        client = await self._connect()
+                    await client.sendmail(self.settings.sender_email, [recipient], raw)
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    await self._failed(mail_id, attempts, exc)
+                    if client is not None:
+                        client.close()
+                        client = None
+                    continue
+                await self._delivered(mail_id)
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.quit()
+                client.close()
+        return await self._next_due_in()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                delay = await self.deliver_due()
+            except Exception:
+                log.exception("mail sender pass failed")
+                delay = self.retry_base
+            if self._stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    def _client(self, timeout: float | None = None) -> aiosmtplib.SMTP:
+        s = self.settings
+        implicit = s.smtp_port == 465 and s.smtp_use_tls
+        return aiosmtplib.SMTP(
+            hostname=s.smtp_server,
+            port=s.smtp_port,
+            use_tls=implicit,
+            start_tls=s.smtp_use_tls and not implicit,
+            timeout=timeout or self.timeout,
+        )
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        client = self._client()
+        await client.connect()
+        password = self.settings.sender_password
+        if password is not None:
+            await client.login(self.settings.sender_email, password.get_secret_value())
+        return client
+
+    async def _due_ids(self) -> list[str]:
+        async with self.repo.reading() as db:
+            async with db.execute(
+                "SELECT id FROM outbox WHERE status = 'queued' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT 100",
+                (self.clock(),),
+            ) as cursor:
+                return [row[0] for row in await cursor.fetchall()]
+
+    async def _claim(self, mail_id: str) -> tuple[str, bytes, int] | None:
+        """Take the row for one attempt; a row somebody else holds or delivered is skipped."""
+        now = self.clock()
+        async with self.repo.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?"
+                " WHERE id = ? AND status = 'queued' AND next_attempt_at <= ?",
+                (now + self.lease, mail_id, now),
+            )
+            if cursor.rowcount != 1:
+                return None
+            async with db.execute(
+                "SELECT recipient, raw, attempts FROM outbox WHERE id = ?", (mail_id,)
+            ) as rows:
+                row = await rows.fetchone()
+        assert row is not None
+        return row["recipient"], bytes(row["raw"]), int(row["attempts"])
+
+    async def _delivered(self, mail_id: str) -> None:
+        async with self.repo.transaction() as db:
+            await db.execute(
+                "UPDATE outbox SET status = 'delivered', delivered_at = ?, last_error = NULL WHERE id = ?",
+                (now_iso(), mail_id),
+            )
+        log.info("mail %s delivered", mail_id)
+
+    async def _failed(self, mail_id: str, attempts: int, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        if _permanent(exc):
+            status, next_at = "failed", self.clock()
+            log.error("mail %s refused by the SMTP server, not retried: %s", mail_id, error)
+        else:
+            delay = min(self.retry_max, self.retry_base * 2 ** (attempts - 1))
+            status, next_at = "queued", self.clock() + delay
+            log.warning(
+                "mail %s not delivered (attempt %d), retry in %.1f s: %s", mail_id, attempts, delay, error
+            )
+        async with self.repo.transaction() as db:
+            await db.execute(
+                "UPDATE outbox SET status = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                (status, next_at, error, mail_id),
+            )
+
+    async def _next_due_in(self) -> float | None:
+        async with self.repo.reading() as db:
+            async with db.execute(
+                "SELECT min(next_attempt_at) FROM outbox WHERE status = 'queued'"
+            ) as cursor:
+                row = await cursor.fetchone()
+        if row is None or row[0] is None:
+            return None
+        return max(0.0, float(row[0]) - self.clock())
+
+
+def _permanent(exc: Exception) -> bool:
+    """A 5xx about the recipient or the content will not change on retry; everything else might."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return all(r.code >= 500 for r in exc.recipients)
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused | aiosmtplib.SMTPDataError):
+        return exc.code >= 500
+    return False
+
+
+def _write_eml(folder: Path, mail_id: str, raw: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{mail_id}.eml"
+    partial = folder / f".{mail_id}.eml.part"
+    partial.write_bytes(raw)
+    os.replace(partial, target)  # readers never see half a file

@@ -1,0 +1,368 @@
+"""The bundled MCP server: product catalog, shop policies and FAQ as tools over streamable HTTP or stdio.
+
+Run it with `python -m msev15.mcp_server [--host H] [--port P] [--transport stdio] [--db PATH]`.
+The catalog is read read-only from the orders database; policies and FAQ ship beside this module
+in `data/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any
+
+import aiosqlite
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 8000
+MCP_PATH = "/mcp"
+POLICY_TOPICS = ("returns", "shipping", "warranty", "privacy")
+MAX_PRODUCT_RESULTS = 8
+MAX_FAQ_RESULTS = 3
+MAX_QUERY_CHARS = 200
+
+INSTRUCTIONS = (
+    "Shop knowledge for the customer-service assistant: search and look up products (price, stock), "
+    "read the shop's returns, shipping, warranty and privacy policies, and search the FAQ. "
+    "Results are JSON; quote prices and policy terms exactly as given."
+)
+
+
+def compact(value: Any) -> str:
+    """Compact JSON text: tool results go into the model's context, so every byte counts."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# Search: simple term overlap ------------------------------------------------------------
+
+_WORD_RE = re.compile(r"[a-z0-9]+")
+_STOPWORDS = frozenset(
+    "a an and are as at be by can do does for from have how i in is it me my of on or our sell "
+    "the to what when where which with you your we any there this that do have get got buy".split()
+)
+
+
+def _stem(word: str) -> str:
+    """Fold plural and -ing forms together so "headphones" finds "headphone" and "cancelling" "cancel"."""
+    if len(word) > 5 and word.endswith("ing"):
+        word = word[:-3]
+        if len(word) > 3 and word[-1] == word[-2]:
+            word = word[:-1]
+    elif len(word) > 4 and word.endswith("ies"):
+        word = word[:-3] + "y"
+    elif len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        word = word[:-1]
+    return word
+
+
+def terms(text: str) -> set[str]:
+    """The searchable terms of a text: lower-cased words, stop words dropped, lightly stemmed."""
+    return {_stem(w) for w in _WORD_RE.findall(text.lower()) if w not in _STOPWORDS}
+
+
+def overlap_score(query: set[str], weighted_fields: Iterable[tuple[str, float]]) -> float:
+    """Sum of field weights for each query term a field contains; 0 means no match at all."""
+    score = 0.0
+    for text, weight in weighted_fields:
+        score += weight * len(query & terms(text))
+    return score
+
+
+def _clean_query(query: str) -> str:
+    query = query.strip()[:MAX_QUERY_CHARS]
+    if not query:
+        raise ToolError("The query is empty: give a few words describing what to look for.")
+    return query
+
+
+# Policies and FAQ (package data) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FaqEntry:
+    id: str
+    question: str
+    answer: str
+    tags: tuple[str, ...]
+
+
+@cache
+def load_policies() -> dict[str, dict[str, Any]]:
+    """The shop policies, keyed by topic, from the data file shipped with the package."""
+    data: dict[str, dict[str, Any]] = json.loads((DATA_DIR / "policies.json").read_text("utf-8"))
+    return data
+
+
+@cache
+def load_faq() -> tuple[FaqEntry, ...]:
+    """The FAQ entries from the data file shipped with the package."""
+    raw = json.loads((DATA_DIR / "faq.json").read_text("utf-8"))
+    return tuple(FaqEntry(e["id"], e["question"], e["answer"], tuple(e.get("tags", ()))) for e in raw)
+
+
+def search_faq_entries(query: str, limit: int = MAX_FAQ_RESULTS) -> list[FaqEntry]:
+    """The best-matching FAQ entries by term overlap, best first."""
+    wanted = terms(query)
+    scored = []
+    for index, entry in enumerate(load_faq()):
+        score = overlap_score(
+            wanted, ((entry.question, 2.0), (" ".join(entry.tags), 2.0), (entry.answer, 1.0))
+        )
+        if score > 0:
+            scored.append((-score, index, entry))
+    scored.sort()
+    return [entry for _, _, entry in scored[:limit]]
+
+
+# Catalog (read-only SQLite) -------------------------------------------------------------
+
+
+class CatalogUnavailable(ToolError):
+    """The orders database cannot be read; the model should say so, not guess."""
+
+
+class Catalog:
+    """Read-only access to the products table of one tenant."""
+
+    def __init__(self, db_path: Path | str, tenant_id: str = "default") -> None:
+        self.db_path = Path(db_path)
+        self.tenant_id = tenant_id
+
+    def _uri(self) -> str:
+        # mode=ro: this process must never write the orders database another process owns.
+        return self.db_path.resolve().as_uri() + "?mode=ro"
+
+    async def _rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        if not self.db_path.exists():
+            raise CatalogUnavailable("The product catalog is not available right now.")
+        try:
+            async with aiosqlite.connect(self._uri(), uri=True) as db:
+                db.row_factory = aiosqlite.Row
+                async with db.execute(sql, params) as cursor:
+                    return [dict(row) for row in await cursor.fetchall()]
+        except aiosqlite.Error as exc:
+            log.warning("catalog query failed: %s", exc)
+            raise CatalogUnavailable("The product catalog is not available right now.") from None
+
+    async def search(self, query: str, limit: int = MAX_PRODUCT_RESULTS) -> list[dict[str, Any]]:
+        """Products ranked by term overlap with name, category, sku and description."""
+        rows = await self._rows(
+            "SELECT sku, name, description, category, price_cents, stock FROM products WHERE tenant_id = ?",
+            (self.tenant_id,),
+        )
+        wanted = terms(query)
+        scored = []
+        for row in rows:
+            score = overlap_score(
+                wanted,
+                (
+                    (row["name"], 3.0),
+                    (row["category"] or "", 2.0),
+                    (row["sku"], 3.0),
+                    (row["description"] or "", 1.0),
+                ),
+            )
+            if score > 0:
+                scored.append((-score, row["name"], row))
+        scored.sort(key=lambda item: (item[0], item[1]))
+        return [product_view(row) for _, _, row in scored[:limit]]
+
+    async def get(self, sku: str) -> dict[str, Any] | None:
+        rows = await self._rows(
+            "SELECT sku, name, description, category, price_cents, stock FROM products "
+            "WHERE tenant_id = ? AND upper(sku) = upper(?)",
+            (self.tenant_id, sku.strip()),
+        )
+        return product_view(rows[0]) if rows else None
+
+
+def product_view(row: dict[str, Any]) -> dict[str, Any]:
+    """What the model sees of a product: the price as text too, so it is never mis-scaled."""
+    cents = int(row["price_cents"])
+    stock = int(row["stock"])
+    return {
+        "sku": row["sku"],
+        "name": row["name"],
+        "category": row["category"],
+        "description": row["description"],
+        "price": f"{cents / 100:.2f}",
+        "currency": "USD",
+        "stock": stock,
+        "in_stock": stock > 0,
+    }
+
+
+# The server -------------------------------------------------------------------------------
+
+QueryArg = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_QUERY_CHARS, description="A few words describing what to look for."),
+]
+
+
+def build_server(db_path: Path | str, tenant_id: str = "default") -> MCPServer:
+    """The MCP server with the shop tools."""
+    catalog = Catalog(db_path, tenant_id)
+    server: MCPServer = MCPServer("msev15-shop", instructions=INSTRUCTIONS, version="1.0")
+
+    @server.tool(
+        description=(
+            "Search the shop's product catalog by keywords (product type, brand feature, category or SKU). "
+            "Returns up to 8 matching products, best first, each with sku, name, category, description, "
+            "price (USD) and stock. Use it for questions like 'do you sell ...?' or 'how much is ...?'."
+        ),
+        structured_output=False,
+    )
+    async def search_products(
+        query: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=MAX_QUERY_CHARS,
+                description="Keywords, e.g. 'noise cancelling headphones' or 'usb-c charger'.",
+            ),
+        ],
+    ) -> str:
+        query = _clean_query(query)
+        found = await catalog.search(query)
+        if not found:
+            return compact(
+                {"query": query, "count": 0, "products": [], "message": f"No products match {query!r}."}
+            )
+        return compact({"query": query, "count": len(found), "products": found})
+
+    @server.tool(
+        description=(
+            "Get one product by its exact SKU (for example 'HDP-NC100'): name, description, category, "
+            "price (USD), stock and whether it is in stock. Use search_products first if the SKU is unknown."
+        ),
+        structured_output=False,
+    )
+    async def get_product(
+        sku: Annotated[
+            str, Field(min_length=1, max_length=64, description="The product's SKU, e.g. 'HDP-NC100'.")
+        ],
+    ) -> str:
+        product = await catalog.get(sku)
+        if product is None:
+            raise ToolError(f"Not found: there is no product with SKU {sku.strip()!r}. Use search_products.")
+        return compact(product)
+
+    @server.tool(
+        description=(
+            "Read one of the shop's policies: 'returns' (30-day returns and refunds), 'shipping' "
+            "(delivery times and costs), 'warranty' (2-year warranty) or 'privacy' (personal data). "
+            "Returns the title, a one-line summary and the detailed terms."
+        ),
+        structured_output=False,
+    )
+    async def get_policy(
+        topic: Annotated[
+            str,
+            Field(
+                description="The policy topic: one of 'returns', 'shipping', 'warranty', 'privacy'.",
+                json_schema_extra={"enum": list(POLICY_TOPICS)},
+            ),
+        ],
+    ) -> str:
+        key = topic.strip().lower()
+        policy = load_policies().get(key)
+        if policy is None:
+            raise ToolError(f"Unknown policy topic {topic!r}: choose one of {', '.join(POLICY_TOPICS)}.")
+        return compact({"topic": key, **policy})
+
+    @server.tool(
+        description=(
+            "Search the shop's frequently asked questions (orders, tracking, delivery, payment, returns, "
+            "refunds, warranty, privacy, contact). Returns up to 3 matching questions with their answers, "
+            "best first."
+        ),
+        structured_output=False,
+    )
+    async def search_faq(query: QueryArg) -> str:
+        query = _clean_query(query)
+        found = search_faq_entries(query)
+        entries = [{"id": e.id, "question": e.question, "answer": e.answer} for e in found]
+        if not entries:
+            return compact(
+                {"query": query, "count": 0, "results": [], "message": f"No FAQ entry matches {query!r}."}
+            )
+        return compact({"query": query, "count": len(entries), "results": entries})
+
+    return server
+
+
+# Running -------------------------------------------------------------------------------
+
+
+def _default_db_path() -> Path:
+    from msev15.settings import load_settings
+
+    return load_settings().order_db_path
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m msev15.mcp_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("MCP_HOST", DEFAULT_HOST))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MCP_PORT", DEFAULT_PORT)))
+    parser.add_argument("--transport", choices=("http", "streamable-http", "stdio"), default="http")
+    parser.add_argument("--db", type=Path, default=None, help="orders database (default: ORDER_DB_PATH)")
+    parser.add_argument("--tenant", default="default", help="the tenant whose catalog is served")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO").upper())
+    return parser.parse_args(argv)
+
+
+async def serve_http(server: MCPServer, host: str, port: int) -> None:
+    """Serve streamable HTTP at /mcp under Hypercorn until SIGINT or SIGTERM."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    app = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = 2.0  # clients keep a GET stream open; do not wait long for it
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, not a second stream
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    log.info("MCP server listening on http://%s:%d%s", host, port, MCP_PATH)
+    app_any: Any = app
+    await serve(app_any, config, shutdown_trigger=stop.wait)
+
+
+def main(argv: Sequence[str] | None = None, build: Callable[[Path, str], MCPServer] = build_server) -> None:
+    """Run the server; `build` lets a test serve extra tools through the same start-up."""
+    args = parse_args(argv)
+    # stderr: on the stdio transport stdout carries the protocol.
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    db_path = args.db if args.db is not None else _default_db_path()
+    server = build(db_path, args.tenant)
+    if not Path(db_path).exists():
+        log.warning("orders database %s does not exist yet: product tools answer 'not available'", db_path)
+    if args.transport == "stdio":
+        server.run("stdio")
+        return
+    with suppress(KeyboardInterrupt):
+        asyncio.run(serve_http(server, args.host, args.port))

@@ -1,0 +1,1 @@
+"""State: sessions, orders, outbox and audit, each query scoped to its tenant."""

@@ -1,0 +1,142 @@
+"""Per-tenant audit log of tool calls and approval decisions, in SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from msev15.jsonio import dumps, iso, loads
+from msev15.stores import database as sqlitedb
+from msev15.tools.registry import ToolContext, ToolResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    tool TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    ok INTEGER,
+    error TEXT,
+    duration_ms REAL,
+    decision TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_tenant_id ON audit_events (tenant_id, id);
+CREATE INDEX IF NOT EXISTS audit_tenant_session_id ON audit_events (tenant_id, session_id, id);
+"""
+
+# Argument names whose values never reach the audit log: secrets, and message bodies.
+_HIDDEN = ("password", "secret", "token", "api_key", "apikey", "authorization", "body")
+
+
+def scrub(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Arguments fit for the log: secrets and email bodies replaced by a marker."""
+    out: dict[str, Any] = {}
+    for key, value in arguments.items():
+        if any(word in key.lower() for word in _HIDDEN):
+            out[key] = "[omitted]"
+        elif isinstance(value, dict):
+            out[key] = scrub(value)
+        else:
+            out[key] = value
+    return out
+
+
+class AuditLog:
+    """Append-only; every read is filtered by tenant."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._write = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, busy_timeout_ms: int = 5000) -> AuditLog:
+        db = await sqlitedb.connect(path, busy_timeout_ms)
+        try:
+            await db.executescript(_SCHEMA)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _insert(self, ctx: ToolContext, tool: str, arguments: dict[str, Any], **fields: Any) -> None:
+        async with self._write:
+            await self._db.execute(
+                "INSERT INTO audit_events (tenant_id, session_id, request_id, at, tool, arguments, ok, error,"
+                " duration_ms, decision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ctx.tenant_id,
+                    ctx.session_id,
+                    ctx.request_id,
+                    time.time(),
+                    tool,
+                    dumps(scrub(arguments)),
+                    fields.get("ok"),
+                    fields.get("error"),
+                    fields.get("duration_ms"),
+                    fields.get("decision"),
+                ),
+            )
+            await self._db.commit()
+
+    async def tool_called(
+        self, ctx: ToolContext, name: str, arguments: dict[str, Any], result: ToolResult
+    ) -> None:
+        await self._insert(
+            ctx, name, arguments, ok=result.ok, error=result.error, duration_ms=result.duration_ms
+        )
+
+    async def decision(self, ctx: ToolContext, name: str, arguments: dict[str, Any], decision: str) -> None:
+        await self._insert(ctx, name, arguments, decision=decision)
+
+    async def events(
+        self, tenant_id: str, session_id: str | None = None, limit: int = 50, before: int | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Newest first; returns the page and the cursor for the next one (None at the end)."""
+        sql = "SELECT id, at, session_id, request_id, tool, arguments, ok, error, duration_ms, decision"
+        sql += " FROM audit_events WHERE tenant_id = ?"
+        params: list[Any] = [tenant_id]
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            params.append(session_id)
+        if before is not None:
+            sql += " AND id < ?"
+            params.append(before)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit + 1)
+        async with self._db.execute(sql, params) as cursor:
+            rows = list(await cursor.fetchall())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        events = []
+        for row in rows:
+            event: dict[str, Any] = {
+                "at": iso(row[1]),
+                "session_id": row[2],
+                "request_id": row[3],
+                "tool": row[4],
+                "arguments": loads(row[5]),
+                "ok": None if row[6] is None else bool(row[6]),
+            }
+            if row[7] is not None:
+                event["error"] = row[7]
+            if row[8] is not None:
+                event["duration_ms"] = row[8]
+            if row[9] is not None:
+                event["decision"] = row[9]
+            events.append(event)
+        return events, (rows[-1][0] if more else None)
+
+    async def check(self) -> str:
+        async with self._db.execute("SELECT 1") as cursor:
+            await cursor.fetchone()
+        return "ok"

@@ -1,0 +1,360 @@
+"""RedisSessionStore: sessions shared by every instance, so a load balancer needs no sticky sessions.
+
+Keys (tenant and session id percent-encoded, so ':' in an id can never merge two keys; the
+tenant is a hash tag, so one tenant's keys share a Redis Cluster slot and a script may touch
+them together):
+
+    {prefix}:{t=<tenant>}:s:<session>   hash: created_at, last_activity, metadata (JSON)
+    {prefix}:{t=<tenant>}:m:<session>   list: one JSON record per message, oldest first
+    {prefix}:{t=<tenant>}:index         sorted set: session ids by last activity (listing, no KEYS)
+    {prefix}:{t=<tenant>}:lock:<session>   the turn lock (redis-py Lock: token, timeout, renewed)
+    {prefix}:tenants                    set of tenants with an index (the purge walks it)
+
+Every write sets the TTL of what it touches, so Redis itself forgets idle sessions; the index
+is pruned of expired members when read. Appends are one Lua script, so a turn is stored whole
+or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import quote
+
+from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import LockError, ReadOnlyError, RedisError, ResponseError
+
+from msev15.jsonio import dumps, loads
+from msev15.stores.sessions.base import (
+    LockTable,
+    Message,
+    Session,
+    SessionLimitError,
+    SessionStoreUnavailable,
+    renewed,
+)
+
+log = logging.getLogger(__name__)
+
+_LIMIT = "MSEV15_SESSION_LIMIT"
+
+# KEYS: hash, list, index. ARGV: now, cutoff, ttl_ms, max_messages, max_per_tenant, session id,
+# metadata JSON ('' keeps it), then the message records. Returns created flag, created_at,
+# last_activity, metadata, then every message record.
+_SAVE = f"""
+local hash, list, index = KEYS[1], KEYS[2], KEYS[3]
+local now, cutoff, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_messages, max_per_tenant, sid, meta = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local last = redis.call('HGET', hash, 'last_activity')
+if last and tonumber(last) < cutoff then
+  redis.call('DEL', hash, list)
+  last = false
+end
+local created = '0'
+if not last then
+  redis.call('ZREM', index, sid)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. ARGV[2])
+  if redis.call('ZCARD', index) >= max_per_tenant then
+    return redis.error_reply('{_LIMIT}')
+  end
+  redis.call('DEL', list)
+  redis.call('HSET', hash, 'created_at', now, 'metadata', '{{}}')
+  created = '1'
+end
+redis.call('HSET', hash, 'last_activity', now)
+if meta ~= '' then
+  redis.call('HSET', hash, 'metadata', meta)
+end
+if #ARGV > 7 then
+  redis.call('RPUSH', list, unpack(ARGV, 8))
+  redis.call('LTRIM', list, -max_messages, -1)
+end
+redis.call('PEXPIRE', hash, ttl)
+redis.call('PEXPIRE', list, ttl)
+redis.call('ZADD', index, now, sid)
+redis.call('PEXPIRE', index, ttl)
+local h = redis.call('HMGET', hash, 'created_at', 'last_activity', 'metadata')
+local out = {{created, h[1], h[2], h[3]}}
+for _, record in ipairs(redis.call('LRANGE', list, 0, -1)) do
+  out[#out + 1] = record
+end
+return out
+"""
+
+# KEYS: hash, list, index. ARGV: cutoff, session id. Returns 1 when a live session was deleted.
+_DELETE = """
+local last = redis.call('HGET', KEYS[1], 'last_activity')
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+if last and tonumber(last) >= tonumber(ARGV[1]) then
+  return 1
+end
+return 0
+"""
+
+_FIELDS = ("created_at", "last_activity", "metadata")
+
+
+def _enc(part: str) -> str:
+    """Percent-encode a key part: never ':', '{', '}' or '%' left bare, so parts cannot run together."""
+    return quote(part, safe="")
+
+
+class RedisSessionStore:
+    """Sessions in Redis: TTLs for expiry, a Lua script per append, a Redis lock per turn."""
+
+    def __init__(
+        self,
+        client: Redis,
+        ttl_seconds: float = 86_400,
+        max_per_tenant: int = 10_000,
+        max_messages: int = 200,
+        clock: Any = time.time,
+        lock_timeout: float = 30.0,
+        lock_wait: float = 125.0,
+        prefix: str = "msev15",
+    ) -> None:
+        self.client = client  # shared with anything else that wants this Redis (rate limits)
+        self.ttl = ttl_seconds
+        self.max_per_tenant = max_per_tenant
+        self.max_messages = max_messages
+        self.lock_timeout = lock_timeout
+        self.lock_wait = lock_wait
+        self.prefix = prefix
+        self._clock = clock
+        self._locks = LockTable()
+        self._save = client.register_script(_SAVE)
+        self._delete = client.register_script(_DELETE)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        ttl_seconds: float = 86_400,
+        max_per_tenant: int = 10_000,
+        max_messages: int = 200,
+        clock: Any = time.time,
+        lock_timeout: float = 30.0,
+        lock_wait: float = 125.0,
+        prefix: str = "msev15",
+    ) -> RedisSessionStore:
+        """Build the client; no connection yet, so the service starts (unready) while Redis is down."""
+        client = connect(url)
+        store = cls(client, ttl_seconds, max_per_tenant, max_messages, clock, lock_timeout, lock_wait, prefix)
+        try:
+            await store.check()
+        except SessionStoreUnavailable as exc:
+            log.warning("Redis is not reachable yet (%s); readiness fails until it is", exc)
+        return store
+
+    # Keys --------------------------------------------------------------------------------
+
+    def _tenant(self, tenant_id: str) -> str:
+        return f"{self.prefix}:{{t={_enc(tenant_id)}}}"
+
+    def _keys(self, tenant_id: str, session_id: str) -> list[str]:
+        tenant, sid = self._tenant(tenant_id), _enc(session_id)
+        return [f"{tenant}:s:{sid}", f"{tenant}:m:{sid}", f"{tenant}:index"]
+
+    # Locking -----------------------------------------------------------------------------
+
+    def lock(self, tenant_id: str, session_id: str) -> Any:
+        return self._hold(tenant_id, session_id)
+
+    @contextlib.asynccontextmanager
+    async def _hold(self, tenant_id: str, session_id: str) -> AsyncIterator[None]:
+        # Waiters of this process queue locally, so only one of them polls Redis.
+        async with self._locks.hold((tenant_id, session_id)):
+            lock = Lock(
+                self.client,
+                f"{self._tenant(tenant_id)}:lock:{_enc(session_id)}",
+                timeout=self.lock_timeout,
+                sleep=0.02,
+                blocking_timeout=self.lock_wait,
+                thread_local=False,  # one Lock object per turn: its token is its own
+            )
+            with _unavailable():
+                acquired = await lock.acquire()
+            if not acquired:
+                raise SessionStoreUnavailable("another turn on this session is still running; try again")
+            try:
+                async with renewed(
+                    self.lock_timeout / 3, lambda: _reacquire(lock), f"session {session_id!r}"
+                ):
+                    yield
+            finally:
+                try:
+                    await lock.release()
+                except (LockError, RedisError) as exc:  # expired or Redis gone: the timeout frees it
+                    log.warning("could not release the lock on session %r: %s", session_id, exc)
+
+    # Reads and writes --------------------------------------------------------------------
+
+    async def get(self, tenant_id: str, session_id: str) -> Session | None:
+        hash_key, list_key, _ = self._keys(tenant_id, session_id)
+        with _unavailable():
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hmget(hash_key, _FIELDS)
+                pipe.lrange(list_key, 0, -1)
+                fields, records = await pipe.execute()
+        return self._session(tenant_id, session_id, fields, records)
+
+    def _session(
+        self, tenant_id: str, session_id: str, fields: list[Any], records: list[str]
+    ) -> Session | None:
+        created, last, meta = fields
+        if last is None or float(last) < self._clock() - self.ttl:
+            return None
+        return Session(
+            tenant_id,
+            session_id,
+            float(created),
+            float(last),
+            [Message.from_record(loads(r)) for r in records],
+            loads(meta or "{}"),
+        )
+
+    async def save_turn(
+        self,
+        tenant_id: str,
+        session_id: str,
+        messages: list[Message],
+        metadata: dict[str, Any] | None = None,
+    ) -> Session:
+        now = self._clock()
+        args: list[Any] = [
+            repr(float(now)),
+            repr(float(now - self.ttl)),
+            max(1, int(self.ttl * 1000)),
+            self.max_messages,
+            self.max_per_tenant,
+            session_id,
+            dumps(metadata) if metadata is not None else "",
+            *(dumps(m.to_record()) for m in messages),
+        ]
+        try:
+            with _unavailable():
+                out = await self._save(keys=self._keys(tenant_id, session_id), args=args)
+        except ResponseError as exc:
+            if _LIMIT in str(exc):
+                raise SessionLimitError(f"tenant {tenant_id} has reached its limit of sessions") from None
+            raise
+        created_flag, created, last, meta, *records = out
+        if created_flag == "1":
+            with contextlib.suppress(RedisError):  # only the purge reads it; the next new session retries
+                await self.client.sadd(f"{self.prefix}:tenants", tenant_id)
+        return Session(
+            tenant_id,
+            session_id,
+            float(created),
+            float(last),
+            [Message.from_record(loads(r)) for r in records],
+            loads(meta),
+        )
+
+    async def list(self, tenant_id: str) -> list[Session]:
+        index = f"{self._tenant(tenant_id)}:index"
+        cutoff = self._clock() - self.ttl
+        with _unavailable():
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(index, "-inf", f"({cutoff!r}")
+                pipe.zrevrange(index, 0, -1)
+                _, ids = await pipe.execute()
+            if not ids:
+                return []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for sid in ids:
+                    hash_key, list_key, _ = self._keys(tenant_id, sid)
+                    pipe.hmget(hash_key, _FIELDS)
+                    pipe.lrange(list_key, 0, -1)
+                found = await pipe.execute()
+            sessions: list[Session] = []
+            gone: list[str] = []
+            for i, sid in enumerate(ids):
+                session = self._session(tenant_id, sid, found[2 * i], found[2 * i + 1])
+                if session is None:
+                    gone.append(sid)
+                else:
+                    sessions.append(session)
+            if gone:  # evicted under memory pressure or expired between the two reads
+                await self.client.zrem(index, *gone)
+        sessions.sort(key=lambda s: s.last_activity, reverse=True)
+        return sessions
+
+    async def delete(self, tenant_id: str, session_id: str) -> bool:
+        with _unavailable():
+            deleted = await self._delete(
+                keys=self._keys(tenant_id, session_id),
+                args=[repr(float(self._clock() - self.ttl)), session_id],
+            )
+        return bool(deleted)
+
+    async def purge_expired(self) -> int:
+        """Drop index members whose sessions expired (Redis already dropped the sessions themselves)."""
+        cutoff = f"({self._clock() - self.ttl!r}"
+        tenants_key = f"{self.prefix}:tenants"
+        removed = 0
+        with _unavailable():
+            async for member in self.client.sscan_iter(tenants_key, count=500):
+                tenant_id = str(member)
+                index = f"{self._tenant(tenant_id)}:index"
+                stale = await self.client.zrangebyscore(index, "-inf", cutoff)
+                if stale:
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for sid in stale:
+                            hash_key, list_key, _ = self._keys(tenant_id, str(sid))
+                            pipe.delete(hash_key, list_key)
+                        pipe.zrem(index, *stale)
+                        await pipe.execute()
+                    removed += len(stale)
+                if not await self.client.exists(index):
+                    await self.client.srem(tenants_key, tenant_id)
+        return removed
+
+    async def check(self) -> str:
+        with _unavailable():
+            await self.client.ping()
+        return "ok"
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def connect(url: str) -> Redis:
+    """A client that fails fast when Redis is down (the default retries for seconds) and reconnects later."""
+    client: Redis = Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+        health_check_interval=15,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), 2),
+    )
+    return client
+
+
+async def _reacquire(lock: Lock) -> bool:
+    try:
+        await lock.reacquire()
+    except LockError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Connection-level Redis failures become SessionStoreUnavailable (a 503 or an `error` event)."""
+    try:
+        yield
+    except ResponseError as exc:
+        if not isinstance(exc, ReadOnlyError):  # a replica during failover is "down"; others are bugs
+            raise
+        raise SessionStoreUnavailable(f"Redis is unavailable: {exc}") from exc
+    except (RedisError, OSError) as exc:
+        raise SessionStoreUnavailable(f"Redis is unavailable: {type(exc).__name__}: {exc}") from exc

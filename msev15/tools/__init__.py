@@ -1,0 +1,1 @@
+"""What the agent can do: the tool registry and the local and remote tools."""

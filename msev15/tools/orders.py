@@ -1,0 +1,182 @@
+"""The six order tools of API.md: argument models the model sees, handlers that defer to the repository."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+from msev15.stores.orders import MAX_QUANTITY, ORDER_PREFIX, OrderRepository
+from msev15.tools.registry import Tool, ToolArgs, ToolContext
+
+_EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_ORDER_ID_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,31}$")
+
+
+def _email(value: str) -> str:
+    value = value.strip().lower()
+    if len(value) > 254 or not _EMAIL_RE.match(value):
+        raise ValueError("must be an email address like name@example.com")
+    return value
+
+
+def _order_id(value: str) -> str:
+    # Customers write "1001", "ord-1001" or "#ORD-1001"; the shop's ids look like ORD-1001.
+    value = value.strip().lstrip("#").upper()
+    if value.isdigit():
+        value = ORDER_PREFIX + value
+    if not _ORDER_ID_RE.match(value):
+        raise ValueError("must be an order id like ORD-1001")
+    return value
+
+
+def _sku(value: str) -> str:
+    value = value.strip().upper()
+    if not re.fullmatch(r"[A-Z0-9][A-Z0-9._-]{0,63}", value):
+        raise ValueError("must be a product SKU like HDP-NC100")
+    return value
+
+
+EmailAddress = Annotated[str, Field(max_length=254), AfterValidator(_email)]
+OrderId = Annotated[
+    str,
+    Field(min_length=1, max_length=40, description="The order id, for example ORD-1001."),
+    AfterValidator(_order_id),
+]
+CustomerEmail = Annotated[
+    EmailAddress,
+    Field(description="The email address the customer gave; it must own the order."),
+]
+Reason = Annotated[
+    str,
+    Field(max_length=500, description="Why, in the customer's own words (optional)."),
+]
+
+
+class FindCustomerOrdersArgs(ToolArgs):
+    customer_email: CustomerEmail
+
+
+class GetOrderArgs(ToolArgs):
+    order_id: OrderId
+    customer_email: CustomerEmail
+
+
+class OrderItem(ToolArgs):
+    sku: Annotated[
+        str,
+        Field(min_length=1, max_length=64, description="Product SKU from the catalog, e.g. HDP-NC100."),
+        AfterValidator(_sku),
+    ]
+    quantity: int = Field(ge=1, le=MAX_QUANTITY, description=f"How many, 1 to {MAX_QUANTITY}.")
+
+
+class CreateOrderArgs(ToolArgs):
+    customer_email: EmailAddress = Field(description="The customer's email address; confirmations go there.")
+    customer_name: str = Field(min_length=1, max_length=200, description="The customer's full name.")
+    items: list[OrderItem] = Field(
+        min_length=1, max_length=20, description="The products to order: one entry per SKU with its quantity."
+    )
+    shipping_address: str = Field(
+        min_length=5, max_length=500, description="Full postal address: street, city, postcode, country."
+    )
+
+
+class UpdateShippingAddressArgs(ToolArgs):
+    order_id: OrderId
+    customer_email: CustomerEmail
+    shipping_address: str = Field(
+        min_length=5,
+        max_length=500,
+        description="The new full postal address: street, city, postcode, country.",
+    )
+
+
+class CancelOrderArgs(ToolArgs):
+    order_id: OrderId
+    customer_email: CustomerEmail
+    reason: Reason = ""
+
+
+class RequestReturnArgs(ToolArgs):
+    order_id: OrderId
+    customer_email: CustomerEmail
+    reason: Reason = ""
+
+
+def order_tools(repo: OrderRepository) -> list[Tool]:
+    """The order tools bound to one repository; the tenant always comes from the call's context."""
+
+    async def find_customer_orders(args: FindCustomerOrdersArgs, ctx: ToolContext) -> dict[str, Any]:
+        orders = await repo.find_customer_orders(ctx.tenant_id, args.customer_email)
+        return {"customer_email": args.customer_email, "orders": orders, "count": len(orders)}
+
+    async def get_order(args: GetOrderArgs, ctx: ToolContext) -> dict[str, Any]:
+        return await repo.get_order(ctx.tenant_id, args.order_id, args.customer_email)
+
+    async def create_order(args: CreateOrderArgs, ctx: ToolContext) -> dict[str, Any]:
+        return await repo.create_order(
+            ctx.tenant_id,
+            args.customer_email,
+            args.customer_name,
+            [(item.sku, item.quantity) for item in args.items],
+            args.shipping_address,
+        )
+
+    async def update_shipping_address(args: UpdateShippingAddressArgs, ctx: ToolContext) -> dict[str, Any]:
+        return await repo.update_shipping_address(
+            ctx.tenant_id, args.order_id, args.customer_email, args.shipping_address
+        )
+
+    async def cancel_order(args: CancelOrderArgs, ctx: ToolContext) -> dict[str, Any]:
+        return await repo.cancel_order(ctx.tenant_id, args.order_id, args.customer_email, args.reason)
+
+    async def request_return(args: RequestReturnArgs, ctx: ToolContext) -> dict[str, Any]:
+        return await repo.request_return(ctx.tenant_id, args.order_id, args.customer_email, args.reason)
+
+    return [
+        Tool(
+            "find_customer_orders",
+            "List a customer's orders (id, status, total, date), newest first. Needs the customer's email.",
+            FindCustomerOrdersArgs,
+            find_customer_orders,
+        ),
+        Tool(
+            "get_order",
+            "Look up one order: status, items, total and shipping address. Needs the order id and the"
+            " email that owns the order.",
+            GetOrderArgs,
+            get_order,
+        ),
+        Tool(
+            "create_order",
+            "Place a new order for products from the catalog. Stock is reserved at once; the order starts"
+            " as pending. Use only when the customer clearly asked to buy these items.",
+            CreateOrderArgs,
+            create_order,
+            consequential=True,
+        ),
+        Tool(
+            "update_shipping_address",
+            "Change where an order will be shipped. Only possible while the order is pending or processing.",
+            UpdateShippingAddressArgs,
+            update_shipping_address,
+            consequential=True,
+        ),
+        Tool(
+            "cancel_order",
+            "Cancel an order and return its items to stock. Only possible while the order is pending or"
+            " processing; shipped orders must be returned after delivery instead.",
+            CancelOrderArgs,
+            cancel_order,
+            consequential=True,
+        ),
+        Tool(
+            "request_return",
+            "Request a return for a delivered order. Only possible once the order has been delivered.",
+            RequestReturnArgs,
+            request_return,
+            consequential=True,
+        ),
+    ]

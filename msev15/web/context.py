@@ -1,0 +1,35 @@
+"""Per-request context: the request id, the client ip and the log fields of every request and socket."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from quart import Quart, Response, g, request, websocket
+from quart.globals import websocket_ctx
+
+from msev15.logs import client_ip_var, request_id_var, session_id_var, tenant_id_var
+from msev15.web.auth import client_ip
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def install_request_context(app: Quart) -> None:
+    """Request id, client ip and log context for every request and WebSocket."""
+
+    async def _begin() -> None:
+        source = websocket if websocket_ctx else request
+        supplied = source.headers.get("X-Request-ID", "")
+        g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        request_id_var.set(g.request_id)
+        client_ip_var.set(client_ip())
+        session_id_var.set(None)
+        tenant_id_var.set(None)
+
+    app.before_request(_begin)
+    app.before_websocket(_begin)
+
+    @app.after_request
+    async def _stamp(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        return response

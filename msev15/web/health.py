@@ -1,0 +1,53 @@
+"""Health: liveness without outside calls, readiness with every dependency checked at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response
+from quart_schema import document_response, tag
+
+from msev15.jsonio import iso, utcnow
+from msev15.web.errors import json_response
+from msev15.web.schemas import Health, Readiness
+from msev15.web.services import run_checks, services
+
+routes = Blueprint("health", __name__)
+
+
+def _health_body() -> dict[str, Any]:
+    return {"status": "healthy", "timestamp": iso(utcnow()), "uptime_seconds": services().uptime()}
+
+
+@routes.get("/health")
+@tag(["health"])
+@document_response(Health)
+async def health_check() -> Response:
+    """Is the process up? No outside calls."""
+    return json_response(_health_body())
+
+
+@routes.get("/health/liveness")
+@tag(["health"])
+@document_response(Health)
+async def liveness() -> Response:
+    """Is the process up? No outside calls."""
+    return json_response(_health_body())
+
+
+@routes.get("/health/readiness")
+@tag(["health"])
+@document_response(Readiness)
+@document_response(Readiness, 503)
+async def readiness() -> Response:
+    """Can it serve? Database and model are critical; MCP and SMTP only degrade."""
+    found = services()
+    status, checks, warnings = await run_checks(found)
+    body = {
+        "status": status,
+        "timestamp": iso(utcnow()),
+        "uptime_seconds": found.uptime(),
+        "checks": checks,
+        "warnings": warnings,
+    }
+    return json_response(body, 503 if status == "unhealthy" else 200)

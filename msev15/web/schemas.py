@@ -1,0 +1,235 @@
+"""Pydantic models at the edge: what clients may send, and what they get back."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+from quart import request
+from quart_schema.validation import (
+    QUART_SCHEMA_QUERYSTRING_ATTRIBUTE,
+    QUART_SCHEMA_REQUEST_ATTRIBUTE,
+    DataSource,
+)
+
+from msev15.web.errors import BadRequest, validation_details
+
+ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=ID_PATTERN)]
+
+
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApprovalIn(_Strict):
+    id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    approve: bool
+
+
+class ChatRequest(_Strict):
+    """A customer message (or answers to pending approvals) for one session of one tenant."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"anyOf": [{"required": ["message"]}, {"required": ["approvals"]}]},
+    )
+
+    session_id: Identifier
+    message: (
+        Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=r"\S")]
+        | SkipJsonSchema[None]
+    ) = None
+    tenant_id: Identifier = "default"
+    approvals: Annotated[list[ApprovalIn], Field(min_length=1, max_length=50)] | SkipJsonSchema[None] = None
+
+    @model_validator(mode="after")
+    def _message_or_approvals(self) -> ChatRequest:
+        if self.message is None and self.approvals is None:
+            raise ValueError("message is required unless approvals are given")
+        return self
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    ok: bool
+
+
+class ApprovalOut(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    summary: str
+
+
+class ChatResponse(BaseModel):
+    session_id: str
+    tenant_id: str
+    message: str
+    timestamp: str
+    message_count: int
+    request_id: str
+    tool_calls: list[ToolCallOut]
+    approvals_required: list[ApprovalOut] | None = None
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    type: str
+    message: str
+    details: list[ErrorDetail]
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+    request_id: str
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    tenant_id: str
+    message_count: int
+    created_at: str
+    last_activity: str
+
+
+class SessionList(BaseModel):
+    tenant_id: str
+    sessions: list[SessionSummary]
+    count: int
+
+
+class HistoryMessage(BaseModel):
+    role: str
+    content: str
+    timestamp: str
+    tool_calls: list[ToolCallOut] | None = None
+    interrupted: bool | None = None
+
+
+class SessionHistory(BaseModel):
+    session_id: str
+    tenant_id: str
+    messages: list[HistoryMessage]
+    created_at: str
+    last_activity: str
+    metadata: dict[str, Any]
+
+
+class Deleted(BaseModel):
+    deleted: bool
+    session_id: str
+    tenant_id: str
+
+
+class Health(BaseModel):
+    status: str
+    timestamp: str
+    uptime_seconds: float
+
+
+class Readiness(Health):
+    checks: dict[str, str]
+    warnings: list[str]
+
+
+class TenantQuery(_Strict):
+    tenant_id: Identifier = "default"
+
+
+class AuditQuery(TenantQuery):
+    session_id: Identifier | None = None
+    limit: int = Field(50, ge=1, le=200)
+    cursor: int | None = Field(None, ge=1)
+
+
+class AuditEvent(BaseModel):
+    at: str
+    session_id: str
+    request_id: str
+    tool: str
+    arguments: dict[str, Any]
+    ok: bool | None
+    error: str | None = None
+    duration_ms: float | None = None
+    decision: str | None = None
+
+
+class AuditPage(BaseModel):
+    events: list[AuditEvent]
+    next_cursor: str | None
+
+
+M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_body(model: type[M]) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """Validate the body in one pass (orjson-speed parsing in pydantic), documented by quart-schema."""
+
+    def decorator(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        setattr(func, QUART_SCHEMA_REQUEST_ATTRIBUTE, (model, DataSource.JSON))
+
+        @wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            raw = await request.get_data(as_text=False)
+            try:
+                data = model.model_validate_json(raw or b"null")
+            except ValidationError as exc:
+                if any(err["type"] == "json_invalid" for err in exc.errors()):
+                    raise BadRequest(
+                        "request body is not valid JSON", [{"field": "body", "message": "invalid JSON"}]
+                    ) from None
+                raise BadRequest("request body is invalid", validation_details(exc)) from None
+            return await func(*args, data=data, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def parse_query(model: type[M], args: Any) -> M:
+    """Validate query parameters (first value of each) into `model`."""
+    try:
+        return model.model_validate({key: args.get(key) for key in args})
+    except ValidationError as exc:
+        raise BadRequest("query parameters are invalid", validation_details(exc)) from None
+
+
+def check_identifier(value: str, field: str) -> str:
+    try:
+        return _IDENTIFIER.validate_python(value)
+    except ValidationError as exc:
+        raise BadRequest(
+            f"{field} is invalid", [{"field": field, "message": err["msg"]} for err in exc.errors()]
+        ) from None
+
+
+def query_params(model: type[M]) -> Callable[[F], F]:
+    """Document a route's query parameters (they are validated with `parse_query`)."""
+
+    def decorator(func: F) -> F:
+        setattr(func, QUART_SCHEMA_QUERYSTRING_ATTRIBUTE, model)
+        return func
+
+    return decorator

@@ -1,0 +1,190 @@
+"""The live objects of one running app, opened together and closed in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from quart import current_app
+
+from msev15.agent.loop import Agent, AgentLimits
+from msev15.agent.model import ModelClient
+from msev15.agent.providers import create_model
+from msev15.mail.sender import Mailer
+from msev15.settings import Settings
+from msev15.stores.audit import AuditLog
+from msev15.stores.orders import OrderRepository
+from msev15.stores.sessions import SessionStore, open_session_store
+from msev15.tools.clock import builtin_tools
+from msev15.tools.mail import mail_tools
+from msev15.tools.mcp import McpToolProvider
+from msev15.tools.orders import order_tools
+from msev15.tools.registry import ToolRegistry
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "msev15"
+
+
+@dataclass(slots=True)
+class Check:
+    """A readiness probe: `run` returns a short status; `healthy` lists the statuses that pass."""
+
+    name: str
+    run: Callable[[], Awaitable[str]]
+    critical: bool
+    healthy: frozenset[str] = frozenset({"ok"})
+
+
+@dataclass(slots=True)
+class Overrides:
+    """Test doubles and pre-built parts handed to `create_app`."""
+
+    model: ModelClient | None = None
+    sessions: SessionStore | None = None
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    model: ModelClient
+    sessions: SessionStore
+    tools: ToolRegistry
+    agent: Agent
+    started_at: float
+    checks: list[Check] = field(default_factory=list)
+    stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    mcp: McpToolProvider | None = None
+    orders: OrderRepository | None = None
+    mailer: Mailer | None = None
+    audit: AuditLog | None = None
+    redis: Any = None  # the session store's redis.asyncio client when SESSION_STORE=redis (share it)
+
+    def uptime(self) -> float:
+        return round(time.time() - self.started_at, 3)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """A background task that is cancelled and awaited at shutdown."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.stack.aclose()
+
+
+def services() -> Services:
+    """The running app's services (inside a request or app context)."""
+    found: Services = current_app.extensions[EXTENSION_KEY]
+    return found
+
+
+async def open_services(settings: Settings, overrides: Overrides) -> Services:
+    """Open every part; on failure, close what was opened and re-raise."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        model = overrides.model if overrides.model is not None else create_model(settings)
+        stack.push_async_callback(model.close)
+        sessions = (
+            overrides.sessions if overrides.sessions is not None else await open_session_store(settings)
+        )
+        stack.push_async_callback(sessions.close)
+        tools = ToolRegistry(settings.tool_timeout_seconds, settings.tool_result_max_chars)
+        tools.register_all(builtin_tools())
+        orders = await OrderRepository.open(
+            settings.order_db_path, seed=settings.seed_demo_data, busy_timeout_ms=settings.db_busy_timeout_ms
+        )
+        stack.push_async_callback(orders.close)
+        mailer = Mailer(orders, settings)
+        stack.push_async_callback(mailer.close)
+        await mailer.start()
+        tools.register_all(order_tools(orders))
+        tools.register_all(mail_tools(mailer, orders))
+        audit = await AuditLog.open(settings.order_db_path, busy_timeout_ms=settings.db_busy_timeout_ms)
+        stack.push_async_callback(audit.close)
+        tools.observers.append(audit)
+        agent = Agent(
+            model,
+            tools,
+            sessions,
+            AgentLimits(
+                settings.max_tool_rounds,
+                settings.turn_timeout_seconds,
+                settings.model_context_chars,
+                settings.require_confirmation,
+                settings.approval_ttl_seconds,
+            ),
+            decisions=audit,
+        )
+        found = Services(settings, model, sessions, tools, agent, time.time(), stack=stack)
+        found.checks.append(Check("model", model.check, critical=True))
+        found.checks.append(Check("sessions", sessions.check, critical=settings.session_store != "memory"))
+        found.redis = getattr(sessions, "client", None) if settings.session_store == "redis" else None
+        found.orders, found.mailer = orders, mailer
+        found.audit = audit
+        found.checks.append(Check("database", orders.check, critical=True))
+        found.checks.append(
+            Check("smtp", mailer.check, critical=False, healthy=frozenset({"ok", "outbox only"}))
+        )
+        found.spawn(_purge_sessions(sessions, settings.session_ttl_seconds), "session-purge")
+        # MCP last: its tools join the registry next to the local ones, which win name collisions.
+        found.mcp = McpToolProvider(settings, tools)
+        stack.push_async_callback(found.mcp.close)
+        found.checks.append(Check("mcp", found.mcp.check, critical=settings.mcp_server_required))
+        await found.mcp.start(found.spawn)
+        return found
+    except BaseException:
+        await stack.aclose()
+        raise
+
+
+async def _purge_sessions(sessions: SessionStore, ttl: float) -> None:
+    interval = max(1.0, min(ttl / 4, 300.0))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            removed = await sessions.purge_expired()
+            if removed:
+                log.info("expired %d idle sessions", removed)
+        except Exception:
+            log.exception("session purge failed")
+
+
+async def run_checks(found: Services, limit: float = 2.0) -> tuple[str, dict[str, str], list[str]]:
+    """Readiness: all checks at once, each bounded by `limit` seconds."""
+
+    async def one(check: Check) -> str:
+        try:
+            async with asyncio.timeout(limit):
+                return await check.run()
+        except TimeoutError:
+            return f"unavailable: no answer within {limit:g} s"
+        except Exception as exc:
+            return f"unavailable: {type(exc).__name__}"
+
+    results = await asyncio.gather(*(one(c) for c in found.checks))
+    checks: dict[str, str] = {}
+    warnings: list[str] = []
+    status = "healthy"
+    for check, result in zip(found.checks, results, strict=True):
+        checks[check.name] = result
+        if result in check.healthy:
+            continue
+        if check.critical:
+            status = "unhealthy"
+        else:
+            warnings.append(f"{check.name}: {result}")
+            if status == "healthy":
+                status = "degraded"
+    return status, checks, warnings

@@ -1,0 +1,113 @@
+"""Session routes (list, history, delete) and the audit log, all scoped to the caller's tenant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response, request
+from quart_schema import document_response, tag
+
+from msev15.agent.approvals import PENDING_KEY, public_pending
+from msev15.jsonio import iso
+from msev15.logs import session_id_var, tenant_id_var
+from msev15.web.auth import require_api_key
+from msev15.web.errors import NotFound, Unavailable, json_response
+from msev15.web.schemas import (
+    AuditPage,
+    AuditQuery,
+    Deleted,
+    ErrorResponse,
+    SessionHistory,
+    SessionList,
+    TenantQuery,
+    check_identifier,
+    parse_query,
+    query_params,
+)
+from msev15.web.services import services
+from msev15.web.turns import asked_tenant
+
+routes = Blueprint("sessions", __name__, url_prefix="/api/v1")
+routes.before_request(require_api_key)
+
+
+@routes.get("/sessions")
+@query_params(TenantQuery)
+@tag(["sessions"])
+@document_response(SessionList)
+async def list_sessions() -> Response:
+    """The tenant's sessions, most recently active first."""
+    query = parse_query(TenantQuery, request.args)
+    tenant = asked_tenant(query)
+    found = await services().sessions.list(tenant)
+    return json_response({"tenant_id": tenant, "sessions": [s.summary() for s in found], "count": len(found)})
+
+
+@routes.get("/sessions/<session_id>/history")
+@query_params(TenantQuery)
+@tag(["sessions"])
+@document_response(SessionHistory)
+@document_response(ErrorResponse, 404)
+async def session_history(session_id: str) -> Response:
+    """Every stored message of one session."""
+    tenant, session_id = _session_target(session_id)
+    session = await services().sessions.get(tenant, session_id)
+    if session is None:
+        raise NotFound(f"session {session_id!r} was not found")
+    return json_response(
+        {
+            "session_id": session.session_id,
+            "tenant_id": session.tenant_id,
+            "messages": [m.to_api() for m in session.messages],
+            "created_at": iso(session.created_at),
+            "last_activity": iso(session.last_activity),
+            "metadata": _public_metadata(session.metadata),
+        }
+    )
+
+
+@routes.delete("/sessions/<session_id>")
+@query_params(TenantQuery)
+@tag(["sessions"])
+@document_response(Deleted)
+@document_response(ErrorResponse, 404)
+async def delete_session(session_id: str) -> Response:
+    """Forget a session and its history."""
+    tenant, session_id = _session_target(session_id)
+    store = services().sessions
+    async with store.lock(tenant, session_id):  # never delete under a running turn
+        deleted = await store.delete(tenant, session_id)
+    if not deleted:
+        raise NotFound(f"session {session_id!r} was not found")
+    return json_response({"deleted": True, "session_id": session_id, "tenant_id": tenant})
+
+
+def _session_target(session_id: str) -> tuple[str, str]:
+    query = parse_query(TenantQuery, request.args)
+    tenant = asked_tenant(query)
+    session_id_var.set(session_id)
+    tenant_id_var.set(tenant)
+    return tenant, check_identifier(session_id, "session_id")
+
+
+def _public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a client may see: pending approvals (for the page's cards), not internal bookkeeping."""
+    public = {k: v for k, v in metadata.items() if not k.startswith("_")}
+    if PENDING_KEY in public:
+        public[PENDING_KEY] = public_pending(metadata)
+    return public
+
+
+@routes.get("/audit")
+@query_params(AuditQuery)
+@tag(["audit"])
+@document_response(AuditPage)
+async def audit_events() -> Response:
+    """The tenant's tool calls and approval decisions, newest first; `cursor` pages back."""
+    query = parse_query(AuditQuery, request.args)
+    tenant = asked_tenant(query)
+    audit = services().audit
+    if audit is None:
+        raise Unavailable("the audit log is not available")
+    events, cursor = await audit.events(tenant, query.session_id, query.limit, query.cursor)
+    return json_response({"events": events, "next_cursor": str(cursor) if cursor else None})
