@@ -68,6 +68,8 @@ class Size:
     idle_websockets: int = 1000
     tokens: int = 20
     token_ms: float = 50.0
+    ab_level: int = 100  # the model-transport A/B: streams at once, and rounds of it per transport
+    ab_rounds: int = 5
 
 
 FULL = Size()
@@ -88,6 +90,8 @@ QUICK = Size(
     idle_websockets=10,
     tokens=5,
     token_ms=20.0,
+    ab_level=5,
+    ab_rounds=1,
 )
 
 
@@ -285,6 +289,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cpu: list[str] = field(default_factory=list)
+    sections: list[str] = field(default_factory=list)  # whole markdown blocks after the main table
 
     def add(self, *args: Any, **kw: Any) -> None:
         self.rows.append(Row(*args, **kw))
@@ -306,6 +311,8 @@ class Report:
         if self.notes:
             out += ["", "Notes:", ""]
             out += [f"- {line}" for line in self.notes]
+        for section in self.sections:
+            out += ["", section.rstrip("\n")]
         return "\n".join(out) + "\n"
 
 
@@ -352,12 +359,14 @@ class CpuMeter:
 
 
 class Bench:
-    def __init__(self, size: Size, pin: bool, workdir: Path) -> None:
+    def __init__(self, size: Size, pin: bool, workdir: Path, model_transports: tuple[str, ...] = ()) -> None:
         self.size = size
         self.pin = pin
         self.workdir = workdir
         self.fleet = Fleet(workdir, pin)
         self.report = Report()
+        self.model_transports = model_transports
+        self.ab_services: dict[str, Proc] = {}
 
     # set-up
 
@@ -396,11 +405,19 @@ class Bench:
             SERVER_CPU,
             service_env(p_slow, self.workdir, "b"),
         )
+        for name in self.model_transports:
+            port = free_port()
+            env = {**service_env(p_slow, self.workdir, f"ab-{name}"), "BENCH_MODEL_TRANSPORT": name}
+            self.ab_services[name] = self.fleet.start(
+                f"service-{name}", hypercorn_argv("bench.service_app:app", port), port, SERVER_CPU, env
+            )
         wait_http(self.model_fast, "/v1/models")
         wait_http(self.model_slow, "/v1/models")
         wait_http(self.bare, "/health")
         wait_http(self.svc, "/health")
         wait_http(self.svc_stream, "/health")
+        for proc in self.ab_services.values():
+            wait_http(proc, "/health")
 
     def stop(self) -> None:
         self.fleet.stop_all()
@@ -540,8 +557,8 @@ class Bench:
         if svc.errors:
             self.report.notes.append(f"history read errors: {svc.errors}")
 
-    def _svc_sse(self, level: int) -> Any:
-        port = self.svc_stream.port
+    def _svc_sse(self, level: int, port: int | None = None) -> Any:
+        port = port or self.svc_stream.port
         tag = f"sse{level}-{random.randrange(1 << 30)}"  # noqa: S311
 
         def start(i: int) -> Any:
@@ -621,6 +638,38 @@ class Bench:
                     f0(bare.events_per_s),
                     ratio(svc.tokens_per_s, bare.tokens_per_s),
                 )
+
+    async def model_transport_ab(self) -> None:
+        """The same service on each model transport: first tokens at `ab_level` streams and client CPU."""
+        s = self.size
+        names = list(self.ab_services)
+        p99: dict[str, list[float]] = {n: [] for n in ["bare", *names]}
+        p50: dict[str, list[float]] = {n: [] for n in ["bare", *names]}
+        cpu: dict[str, list[float]] = {n: [] for n in ["bare", *names]}
+        done: dict[str, list[float]] = {n: [] for n in ["bare", *names]}
+        for i in range(s.ab_rounds):
+            order = names if i % 2 == 0 else names[::-1]  # drift hits every transport alike
+            for name in ["bare", *order]:
+                proc = self.bare if name == "bare" else self.ab_services[name]
+                start = self._bare_sse(s.token_ms) if name == "bare" else self._svc_sse(s.ab_level, proc.port)
+                m = CpuMeter(proc.worker_pid())
+                phase = await loadgen.stream_phase(s.ab_level, start, s.stream_timeout)
+                cpu[name].append(m.percent())
+                p99[name].append(phase.first_token_ms(99))
+                p50[name].append(phase.first_token_ms(50))
+                done[name].append(phase.completion)
+                await self.settle()
+        client = self._client_cpu(names)
+        self.report.sections.append(_ab_table(s, names, p99, p50, cpu, done, client))
+
+    def _client_cpu(self, names: list[str]) -> dict[str, Any]:
+        """bench/client_cpu.py in a subprocess: its own process, so its CPU time is the model client's."""
+        argv = [PYTHON, str(ROOT / "bench" / "client_cpu.py"), "--json", "--transports", ",".join(names)]
+        argv += ["--quick"] if self.size is QUICK else []
+        argv += [] if self.pin else ["--no-pin"]
+        out = subprocess.run(argv, cwd=str(ROOT), capture_output=True, timeout=300, check=True)  # noqa: S603
+        result: dict[str, Any] = orjson.loads(out.stdout.splitlines()[-1])
+        return result
 
     async def saturation(self) -> None:
         s = self.size
@@ -731,12 +780,68 @@ class Bench:
             self.history,
             self.saturation,
             self.streaming,
+            *([self.model_transport_ab] if self.model_transports else []),
             self.idle_websockets,
         )
         for step in steps:
             started = time.perf_counter()
             await step()
             _say(f"  {step.__name__}: {time.perf_counter() - started:.1f} s")
+
+
+def _ab_table(
+    s: Size,
+    names: list[str],
+    p99: dict[str, list[float]],
+    p50: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    done: dict[str, list[float]],
+    client: dict[str, Any],
+) -> str:
+    """The A/B as its own table: every figure per transport and as a ratio to the first one."""
+    first, others = names[0], names[1:]
+    med = statistics.median
+    head = " | ".join(names) + "".join(f" | {n}/{first}" for n in others)
+    out = [
+        "## Model client transports, same run (rounds alternate the order)",
+        "",
+        f"| figure | {head} | bare |",
+        "|---" * (1 + 2 * len(names)) + "|",
+    ]
+
+    def row(label: str, values: dict[str, float], fmt: Any, bare: str = "—") -> None:
+        cells = [fmt(values[n]) for n in names] + [ratio(values[n], values[first]) for n in others]
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {bare} |")
+
+    for load, figures in client["loads"].items():
+        label = (
+            f"client CPU per streamed call (ms), {load}: c={figures['concurrency']}, "
+            f"{client['tokens']} tokens {figures['delay_ms']:g} ms apart"
+        )
+        row(label, figures["cpu_ms"], lambda x: f"{x:.3f}")
+    lvl, rounds = s.ab_level, s.ab_rounds
+    row(
+        f"SSE x{lvl}: first token p99 (ms), median of {rounds} rounds",
+        {n: med(p99[n]) for n in names},
+        f1,
+        f1(med(p99["bare"])),
+    )
+    row(
+        f"SSE x{lvl}: first token p50 (ms), median", {n: med(p50[n]) for n in names}, f1, f1(med(p50["bare"]))
+    )
+    row(f"SSE x{lvl}: completed %, worst round", {n: min(done[n]) for n in names}, f1, f1(min(done["bare"])))
+    row(
+        f"SSE x{lvl}: service worker CPU %, median", {n: med(cpu[n]) for n in names}, f0, f0(med(cpu["bare"]))
+    )
+    out += ["", f"SSE x{lvl} first-token p99 per round (ms):", ""]
+    out += [f"- {n}: " + ", ".join(f1(x) for x in p99[n]) for n in ["bare", *names]]
+    out += ["", f"client CPU per call per round (ms; {client['calls']} calls a round):", ""]
+    for load, figures in client["loads"].items():
+        rounds_ms = figures["cpu_ms_rounds"]
+        out.append(
+            f"- {load}: " + "; ".join(f"{n} " + ", ".join(f"{x:.3f}" for x in rounds_ms[n]) for n in names)
+        )
+    return "\n".join(out) + "\n"
 
 
 class DirectModel:
@@ -889,6 +994,12 @@ def main() -> int:
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin servers and client to separate CPUs"
     )
+    parser.add_argument(
+        "--model-transports",
+        default="",
+        help="comma-separated names from bench/model_transports.py: adds an A/B of the model client's "
+        "HTTP transport (e.g. lean,aiohttp)",
+    )
     parser.add_argument("--probe-sessions", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe_sessions:
@@ -909,7 +1020,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _term)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="msev15-bench-") as tmp:
-        bench = Bench(size, pin, Path(tmp))
+        transports = tuple(t for t in args.model_transports.split(",") if t)
+        bench = Bench(size, pin, Path(tmp), transports)
         try:
             if pin:
                 os.sched_setaffinity(0, {CLIENT_CPU})

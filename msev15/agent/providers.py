@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import httpx2
 import openai
 
 from msev15.agent.model import ModelClient
@@ -29,7 +30,7 @@ def create_model(settings: Settings) -> ModelClient:
             azure_deployment=settings.azure_openai_responses_deployment_name,
             timeout=client_timeout(settings),
             max_retries=0,
-            http_client=lean_http_client(),
+            http_client=model_http_client(),
         )
         model = settings.azure_openai_responses_deployment_name
     elif provider == "openai":
@@ -38,7 +39,7 @@ def create_model(settings: Settings) -> ModelClient:
             api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed",
             timeout=client_timeout(settings),
             max_retries=0,
-            http_client=lean_http_client(),
+            http_client=model_http_client(),
         )
         model = settings.openai_model
     else:
@@ -51,6 +52,12 @@ def create_model(settings: Settings) -> ModelClient:
         retry_base=settings.model_retry_base_seconds,
         temperature=settings.model_temperature,
     )
+
+
+def model_http_client() -> httpx2.AsyncClient:
+    """The HTTP client under the model client; bench/service_app.py swaps it to compare transports."""
+    client: httpx2.AsyncClient = lean_http_client()
+    return client
 
 
 def _origin(url: str | None) -> str | None:

@@ -1,0 +1,34 @@
+"""bench/client_cpu.py at a tiny size, so the model-transport A/B cannot rot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_client_cpu_reports_every_transport_and_load() -> None:
+    done = subprocess.run(  # noqa: S603 - our own script
+        [
+            sys.executable,
+            str(ROOT / "bench" / "client_cpu.py"),
+            "--quick",
+            "--json",
+            "--transports",
+            "service,httpx",
+        ],
+        cwd=str(ROOT),
+        capture_output=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = orjson.loads(done.stdout.splitlines()[-1])
+    assert set(result["loads"]) == {"burst", "paced"}
+    for load in result["loads"].values():
+        assert set(load["cpu_ms"]) == {"service", "httpx"}
+        assert all(0 < ms < 1000 for ms in load["cpu_ms"].values())
