@@ -312,3 +312,8 @@ async def test_cors(tmp_path: Path) -> None:
             headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"},
         )
         assert pre.status_code == 204 and "POST" in pre.headers["Access-Control-Allow-Methods"]
+
+
+def test_an_unknown_override_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="unknown overrides: sesions"):
+        create_app(make_settings(tmp_path), sesions=MemorySessionStore())

@@ -332,3 +332,47 @@ async def test_pending_approval_survives_a_restart_with_the_sqlite_store(
             ("cancel_order", None),
             ("cancel_order", "approved"),
         ]
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "reason"),
+    [
+        ("cancel_order", {**CANCEL, "order_id": "ORD-1002"}, "order ORD-1002 is shipped"),
+        ("cancel_order", {**CANCEL, "customer_email": "bob@example.com"}, "could not find order ORD-1001"),
+        ("request_return", {**CANCEL, "order_id": "ORD-1001"}, "once the order has been delivered"),
+        (
+            "create_order",
+            {
+                "customer_email": "bob@example.com",
+                "customer_name": "Bob",
+                "items": [{"sku": "NOPE-000", "quantity": 1}],
+                "shipping_address": "1 Main St, Springfield",
+            },
+            "there is no product with SKU NOPE-000",
+        ),
+        ("send_email", {"to": "stranger@evil.example", "subject": "hi", "body": "x"}, "is neither"),
+    ],
+)
+async def test_what_the_rules_refuse_is_refused_at_once(
+    model_app: Quart,
+    model_client: TestClientProtocol,
+    openai_server: ScriptedOpenAI,
+    name: str,
+    arguments: dict[str, Any],
+    reason: str,
+) -> None:
+    """No approval card for an action that cannot happen: the tool's precheck refuses it now."""
+    openai_server.push(Reply.call(name, arguments), Reply.say("Sorry, that is not possible."))
+    response = await model_client.post("/api/v1/chat/stream", json={"session_id": "s", "message": "do it"})
+    events = sse_events(await response.get_data())
+    assert not [e for e in events if e["type"] == "approval_required"]
+    [result] = [e for e in events if e["type"] == "tool_result"]
+    assert result["name"] == name and result["ok"] is False and reason in result["error"]
+    assert events[-1]["type"] == "done" and events[-1]["message"] == "Sorry, that is not possible."
+    # The model read the refusal; nothing is pending; every order is as it was.
+    assert reason in openai_server.requests[-1]["messages"][-1]["content"]
+    history = await (await model_client.get("/api/v1/sessions/s/history")).get_json()
+    assert "pending_approvals" not in history["metadata"]
+    assert [await order_status(model_app, o) for o in ("ORD-1001", "ORD-1002")] == ["pending", "shipped"]
+    audit = await (await model_client.get("/api/v1/audit?session_id=s")).get_json()
+    assert [(e["tool"], e["ok"]) for e in audit["events"]] == [(name, False)]

@@ -106,35 +106,6 @@ def public_pending(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     return [Pending.from_record(r).public() for r in metadata.get(PENDING_KEY, [])]
 
 
-# Summaries: one plain sentence per consequential tool, rendered from the exact arguments.
-
-
-def _items(items: Any) -> str:
-    if not isinstance(items, list):
-        return "items"
-    return ", ".join(f"{i.get('quantity', 1)} × {i.get('sku', '?')}" for i in items if isinstance(i, dict))
-
-
-def summarize(name: str, args: dict[str, Any]) -> str:
-    """The sentence the customer confirms; it names every argument that matters."""
-    get = args.get
-    if name == "cancel_order":
-        return f"Cancel order {get('order_id')} (reason: {get('reason')})"
-    if name == "request_return":
-        return f"Request a return of order {get('order_id')} (reason: {get('reason')})"
-    if name == "update_shipping_address":
-        return f"Change the shipping address of order {get('order_id')} to {get('shipping_address')}"
-    if name == "create_order":
-        return (
-            f"Place an order for {get('customer_name')} ({get('customer_email')}): "
-            f"{_items(get('items'))}, shipped to {get('shipping_address')}"
-        )
-    if name == "send_email":
-        return f'Send an email to {get("to")} with the subject "{get("subject")}"'
-    shown = ", ".join(f"{k}={v}" for k, v in args.items())
-    return f"Run {name} ({shown})" if shown else f"Run {name}"
-
-
 def confirmation_request(created: list[Pending]) -> str:
     """The text that ends a turn whose actions wait for the customer."""
     if len(created) == 1:

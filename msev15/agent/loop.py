@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from msev15.agent.approvals import ApprovalBook, ApprovalError, confirmation_request, summarize
+from msev15.agent.approvals import ApprovalBook, ApprovalError, confirmation_request
 from msev15.agent.events import (
     ApprovalRequiredEvent,
     DoneEvent,
@@ -271,15 +271,18 @@ class Agent:
         tool = self.tools.get(call.name)
         if tool is not None and tool.consequential and self.limits.require_confirmation:
             try:
-                _, _, exact = self.tools.prepare(call.name, shown)
+                _, validated, exact = self.tools.prepare(call.name, shown)
             except ToolError as exc:  # invalid arguments are refused now, not proposed
                 result = ToolResult(False, None, str(exc))
             else:
-                pending = cx.book.propose(
-                    call.name, exact, summarize(call.name, exact), time.time(), self.limits.approval_ttl
-                )
-                yield ApprovalRequiredEvent(pending.id, pending.name, pending.arguments, pending.summary)
-                return
+                refused = await self.tools.precheck(tool, validated, exact, cx.tool_ctx)
+                if refused is None:  # nobody is asked to confirm what the rules would refuse
+                    pending = cx.book.propose(
+                        call.name, exact, tool.describe(exact), time.time(), self.limits.approval_ttl
+                    )
+                    yield ApprovalRequiredEvent(pending.id, pending.name, pending.arguments, pending.summary)
+                    return
+                result = refused
         else:
             yield ToolCallEvent(call.id, call.name, shown)
             result = await self.tools.call(call.name, call.arguments, cx.tool_ctx)

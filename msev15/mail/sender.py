@@ -21,7 +21,8 @@ import aiosmtplib
 from jinja2 import Environment
 
 from msev15.settings import Settings
-from msev15.stores.orders import OrderRepository, now_iso
+from msev15.stores.order_schema import now_iso
+from msev15.stores.orders import OrderRepository
 
 log = logging.getLogger(__name__)
 

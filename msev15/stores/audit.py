@@ -5,13 +5,35 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 
 from msev15.jsonio import dumps, iso, loads
 from msev15.stores import database as sqlitedb
-from msev15.tools.registry import ToolContext, ToolResult
+
+
+class CallScope(Protocol):
+    """Who made a call (the tool layer's ToolContext fits): audit rows are keyed by it."""
+
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
+
+
+class CallOutcome(Protocol):
+    """How a call ended (the tool layer's ToolResult fits)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def duration_ms(self) -> float: ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_events (
@@ -68,7 +90,7 @@ class AuditLog:
     async def close(self) -> None:
         await self._db.close()
 
-    async def _insert(self, ctx: ToolContext, tool: str, arguments: dict[str, Any], **fields: Any) -> None:
+    async def _insert(self, ctx: CallScope, tool: str, arguments: dict[str, Any], **fields: Any) -> None:
         async with self._write:
             await self._db.execute(
                 "INSERT INTO audit_events (tenant_id, session_id, request_id, at, tool, arguments, ok, error,"
@@ -89,13 +111,13 @@ class AuditLog:
             await self._db.commit()
 
     async def tool_called(
-        self, ctx: ToolContext, name: str, arguments: dict[str, Any], result: ToolResult
+        self, ctx: CallScope, name: str, arguments: dict[str, Any], result: CallOutcome
     ) -> None:
         await self._insert(
             ctx, name, arguments, ok=result.ok, error=result.error, duration_ms=result.duration_ms
         )
 
-    async def decision(self, ctx: ToolContext, name: str, arguments: dict[str, Any], decision: str) -> None:
+    async def decision(self, ctx: CallScope, name: str, arguments: dict[str, Any], decision: str) -> None:
         await self._insert(ctx, name, arguments, decision=decision)
 
     async def events(

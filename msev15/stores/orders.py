@@ -7,123 +7,40 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from msev15.stores import database as sqlitedb
-from msev15.stores import demo_data
 from msev15.stores.demo_data import Product
-from msev15.tools.registry import ToolError
+from msev15.stores.order_rules import (
+    CHANGE_RULES,
+    DatabaseBusy,
+    OrderError,
+    may_cancel,
+    may_change_address,
+    may_return,
+    merge_items,
+    not_found,
+    require_stock,
+)
+from msev15.stores.order_schema import (
+    INSERT_ITEM,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    ensure_tenant,
+    insert_products,
+    now_iso,
+    seed_demo_data,
+)
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("pending", "processing", "shipped", "delivered", "cancelled", "return_requested")
-CHANGEABLE = ("pending", "processing")
-MAX_QUANTITY = 100
 BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
 ORDER_PREFIX = "ORD-"
 FIRST_ORDER_NUMBER = 1001
-
-# Each entry moves the schema one version up; never edit a released entry, append a new one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE tenants (
-            id TEXT PRIMARY KEY,
-            name TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        )""",
-        """CREATE TABLE customers (
-            tenant_id TEXT NOT NULL REFERENCES tenants(id),
-            email TEXT NOT NULL,
-            name TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            PRIMARY KEY (tenant_id, email)
-        )""",
-        """CREATE TABLE products (
-            tenant_id TEXT NOT NULL REFERENCES tenants(id),
-            sku TEXT NOT NULL,
-            name TEXT NOT NULL,
-            description TEXT NOT NULL DEFAULT '',
-            category TEXT NOT NULL DEFAULT '',
-            price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
-            stock INTEGER NOT NULL CHECK (stock >= 0),
-            PRIMARY KEY (tenant_id, sku)
-        )""",
-        "CREATE INDEX products_by_category ON products (tenant_id, category)",
-        """CREATE TABLE orders (
-            tenant_id TEXT NOT NULL,
-            id TEXT NOT NULL,
-            customer_email TEXT NOT NULL,
-            status TEXT NOT NULL CHECK (status IN
-                ('pending', 'processing', 'shipped', 'delivered', 'cancelled', 'return_requested')),
-            shipping_address TEXT NOT NULL,
-            total_cents INTEGER NOT NULL CHECK (total_cents >= 0),
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL,
-            cancelled_at TEXT,
-            cancel_reason TEXT,
-            return_requested_at TEXT,
-            return_reason TEXT,
-            PRIMARY KEY (tenant_id, id),
-            FOREIGN KEY (tenant_id, customer_email) REFERENCES customers (tenant_id, email)
-        )""",
-        "CREATE INDEX orders_by_customer ON orders (tenant_id, customer_email, created_at)",
-        """CREATE TABLE order_items (
-            tenant_id TEXT NOT NULL,
-            order_id TEXT NOT NULL,
-            line_no INTEGER NOT NULL,
-            sku TEXT NOT NULL,
-            name TEXT NOT NULL,
-            quantity INTEGER NOT NULL CHECK (quantity BETWEEN 1 AND 100),
-            unit_price_cents INTEGER NOT NULL CHECK (unit_price_cents >= 0),
-            PRIMARY KEY (tenant_id, order_id, line_no),
-            FOREIGN KEY (tenant_id, order_id) REFERENCES orders (tenant_id, id) ON DELETE CASCADE,
-            FOREIGN KEY (tenant_id, sku) REFERENCES products (tenant_id, sku)
-        )""",
-        "CREATE INDEX order_items_by_sku ON order_items (tenant_id, sku)",
-    ),
-    (
-        """CREATE TABLE outbox (
-            id TEXT PRIMARY KEY,
-            tenant_id TEXT NOT NULL,
-            message_id TEXT NOT NULL UNIQUE,
-            recipient TEXT NOT NULL,
-            subject TEXT NOT NULL,
-            raw BLOB NOT NULL,
-            status TEXT NOT NULL CHECK (status IN ('queued', 'delivered', 'undelivered', 'failed')),
-            attempts INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at REAL NOT NULL,
-            last_error TEXT,
-            created_at TEXT NOT NULL,
-            delivered_at TEXT
-        )""",
-        "CREATE INDEX outbox_due ON outbox (status, next_attempt_at)",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_INSERT_ITEM = (
-    "INSERT INTO order_items (tenant_id, order_id, line_no, sku, name, quantity, unit_price_cents)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-class OrderError(ToolError):
-    """A refusal the model repeats to the customer (not found, wrong status, no stock)."""
-
-
-class DatabaseBusy(OrderError):
-    """Another connection kept the database locked past the busy timeout; the caller may retry."""
-
-    def __init__(self) -> None:
-        super().__init__("the order database is busy, please try again")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def money(cents: int) -> str:
@@ -204,19 +121,19 @@ class OrderRepository:
                 await db.execute(f"PRAGMA user_version = {number}")
                 log.info("orders database %s migrated to version %d", self.path, number)
             if version == 0 and seed:
-                await _seed(db)
+                await seed_demo_data(db)
                 log.info("orders database %s filled with demo data", self.path)
 
     # Set-up helpers (seeding, tests, admin scripts) -------------------------------------
 
     async def add_tenant(self, tenant_id: str, name: str | None = None) -> None:
         async with self.transaction() as db:
-            await _ensure_tenant(db, tenant_id, name)
+            await ensure_tenant(db, tenant_id, name)
 
     async def add_products(self, tenant_id: str, products: Iterable[Product]) -> None:
         async with self.transaction() as db:
-            await _ensure_tenant(db, tenant_id)
-            await _insert_products(db, tenant_id, products)
+            await ensure_tenant(db, tenant_id)
+            await insert_products(db, tenant_id, products)
 
     async def set_status(self, tenant_id: str, order_id: str, status: str) -> None:
         """Fulfilment moves orders along (shipped, delivered); not a tool the model can call."""
@@ -277,6 +194,24 @@ class OrderRepository:
         async with self.reading() as db:
             return await _load_order(db, tenant_id, order_id, email)
 
+    # Prechecks: the mutations' own rules, read-only, so nobody confirms what would be refused
+
+    async def check_change(self, tenant_id: str, order_id: str, email: str, change: str) -> None:
+        """Raise the OrderError that `change` (a tool name of CHANGE_RULES) would meet right now."""
+        async with self.reading() as db:
+            order = await _load_order(db, tenant_id, order_id, email)
+        CHANGE_RULES[change](order)
+
+    async def check_items(self, tenant_id: str, items: Sequence[tuple[str, int]]) -> None:
+        """Raise the OrderError that ordering `items` would meet right now (unknown sku, no stock)."""
+        wanted = merge_items(items)
+        async with self.reading() as db:
+            for sku, quantity in wanted.items():
+                async with db.execute(
+                    "SELECT name, stock FROM products WHERE tenant_id = ? AND sku = ?", (tenant_id, sku)
+                ) as cursor:
+                    require_stock(await cursor.fetchone(), sku, quantity)
+
     # Mutations (each one transaction) ---------------------------------------------------
 
     async def create_order(
@@ -289,7 +224,7 @@ class OrderRepository:
     ) -> dict[str, Any]:
         """Check every sku and its stock, take the stock and write the order, all or nothing."""
         email = email.lower()
-        wanted = _merge_items(items)
+        wanted = merge_items(items)
         async with self.transaction() as db:
             lines: list[tuple[str, str, int, int]] = []
             for sku, quantity in wanted.items():
@@ -297,16 +232,7 @@ class OrderRepository:
                     "SELECT name, price_cents, stock FROM products WHERE tenant_id = ? AND sku = ?",
                     (tenant_id, sku),
                 ) as cursor:
-                    product = await cursor.fetchone()
-                if product is None:
-                    raise OrderError(f"there is no product with SKU {sku}")
-                if product["stock"] < quantity:
-                    if product["stock"] == 0:
-                        raise OrderError(f"{product['name']} ({sku}) is out of stock")
-                    raise OrderError(
-                        f"only {product['stock']} of {product['name']} ({sku}) are in stock,"
-                        f" but {quantity} were asked for"
-                    )
+                    product = require_stock(await cursor.fetchone(), sku, quantity)
                 cursor = await db.execute(
                     "UPDATE products SET stock = stock - ? WHERE tenant_id = ? AND sku = ? AND stock >= ?",
                     (quantity, tenant_id, sku, quantity),
@@ -314,7 +240,7 @@ class OrderRepository:
                 if cursor.rowcount != 1:  # belt and braces: the lock already rules this out
                     raise OrderError(f"{product['name']} ({sku}) just sold out")
                 lines.append((sku, product["name"], quantity, product["price_cents"]))
-            await _ensure_tenant(db, tenant_id)
+            await ensure_tenant(db, tenant_id)
             await db.execute(
                 "INSERT INTO customers (tenant_id, email, name, created_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (tenant_id, email) DO NOTHING",
@@ -329,7 +255,7 @@ class OrderRepository:
                 (tenant_id, order_id, email, shipping_address, total, stamp, stamp),
             )
             await db.executemany(
-                _INSERT_ITEM,
+                INSERT_ITEM,
                 [(tenant_id, order_id, n, *line) for n, line in enumerate(lines, start=1)],
             )
             return await _load_order(db, tenant_id, order_id, email)
@@ -338,8 +264,7 @@ class OrderRepository:
         self, tenant_id: str, order_id: str, email: str, address: str
     ) -> dict[str, Any]:
         async with self.transaction() as db:
-            order = await _load_order(db, tenant_id, order_id, email)
-            _require_status(order, CHANGEABLE, "have its shipping address changed")
+            may_change_address(await _load_order(db, tenant_id, order_id, email))
             await db.execute(
                 "UPDATE orders SET shipping_address = ?, updated_at = ? WHERE tenant_id = ? AND id = ?"
                 " AND status IN ('pending', 'processing')",
@@ -351,9 +276,7 @@ class OrderRepository:
         """Cancel and put the items back in stock, in one transaction."""
         async with self.transaction() as db:
             order = await _load_order(db, tenant_id, order_id, email)
-            if order["status"] == "cancelled":
-                raise OrderError(f"order {order_id} is already cancelled")
-            _require_status(order, CHANGEABLE, "be cancelled")
+            may_cancel(order)
             stamp = now_iso()
             cursor = await db.execute(
                 "UPDATE orders SET status = 'cancelled', cancelled_at = ?, cancel_reason = ?, updated_at = ?"
@@ -370,14 +293,7 @@ class OrderRepository:
 
     async def request_return(self, tenant_id: str, order_id: str, email: str, reason: str) -> dict[str, Any]:
         async with self.transaction() as db:
-            order = await _load_order(db, tenant_id, order_id, email)
-            if order["status"] == "return_requested":
-                raise OrderError(f"a return has already been requested for order {order_id}")
-            if order["status"] != "delivered":
-                raise OrderError(
-                    f"order {order_id} is {order['status']}; a return can only be requested"
-                    " once the order has been delivered"
-                )
+            may_return(await _load_order(db, tenant_id, order_id, email))
             stamp = now_iso()
             await db.execute(
                 "UPDATE orders SET status = 'return_requested', return_requested_at = ?, return_reason = ?,"
@@ -403,33 +319,6 @@ def _busy_is_refusal() -> Iterator[None]:
         raise
 
 
-def _not_found(order_id: str) -> OrderError:
-    # The same words whether the order is absent, another customer's or another tenant's.
-    return OrderError(f"I could not find order {order_id} for that email")
-
-
-def _require_status(order: dict[str, Any], allowed: Sequence[str], action: str) -> None:
-    if order["status"] not in allowed:
-        raise OrderError(
-            f"order {order['order_id']} is {order['status']}, so it can no longer {action};"
-            f" that is only possible while an order is {' or '.join(allowed)}"
-        )
-
-
-def _merge_items(items: Sequence[tuple[str, int]]) -> dict[str, int]:
-    if not items:
-        raise OrderError("an order needs at least one item")
-    wanted: dict[str, int] = {}
-    for sku, quantity in items:
-        sku = sku.strip().upper()
-        if not 1 <= quantity <= MAX_QUANTITY:
-            raise OrderError(f"the quantity of {sku} must be between 1 and {MAX_QUANTITY}")
-        wanted[sku] = wanted.get(sku, 0) + quantity
-        if wanted[sku] > MAX_QUANTITY:
-            raise OrderError(f"at most {MAX_QUANTITY} of {sku} can be ordered at once")
-    return wanted
-
-
 async def _load_order(db: aiosqlite.Connection, tenant_id: str, order_id: str, email: str) -> dict[str, Any]:
     async with db.execute(
         "SELECT o.*, c.name AS customer_name FROM orders o JOIN customers c"
@@ -439,7 +328,7 @@ async def _load_order(db: aiosqlite.Connection, tenant_id: str, order_id: str, e
     ) as cursor:
         row = await cursor.fetchone()
     if row is None:
-        raise _not_found(order_id)
+        raise not_found(order_id)
     async with db.execute(
         "SELECT sku, name, quantity, unit_price_cents FROM order_items"
         " WHERE tenant_id = ? AND order_id = ? ORDER BY line_no",
@@ -474,21 +363,6 @@ async def _load_order(db: aiosqlite.Connection, tenant_id: str, order_id: str, e
     return order
 
 
-async def _ensure_tenant(db: aiosqlite.Connection, tenant_id: str, name: str | None = None) -> None:
-    await db.execute(
-        "INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        (tenant_id, name or tenant_id, now_iso()),
-    )
-
-
-async def _insert_products(db: aiosqlite.Connection, tenant_id: str, products: Iterable[Product]) -> None:
-    await db.executemany(
-        "INSERT INTO products (tenant_id, sku, name, description, category, price_cents, stock)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, sku) DO NOTHING",
-        [(tenant_id, p.sku, p.name, p.description, p.category, p.price_cents, p.stock) for p in products],
-    )
-
-
 async def _next_order_id(db: aiosqlite.Connection, tenant_id: str) -> str:
     async with db.execute(
         "SELECT max(CAST(substr(id, ?) AS INTEGER)) FROM orders WHERE tenant_id = ? AND id LIKE ?",
@@ -497,35 +371,3 @@ async def _next_order_id(db: aiosqlite.Connection, tenant_id: str) -> str:
         row = await cursor.fetchone()
     last = row[0] if row and row[0] is not None else FIRST_ORDER_NUMBER - 1
     return f"{ORDER_PREFIX}{max(int(last) + 1, FIRST_ORDER_NUMBER)}"
-
-
-async def _seed(db: aiosqlite.Connection) -> None:
-    """Demo data of API.md; `DO NOTHING` on conflict keeps it idempotent even if run twice."""
-    tenant = demo_data.DEMO_TENANT
-    await _ensure_tenant(db, tenant, "Demo Shop")
-    await _insert_products(db, tenant, demo_data.CATALOG)
-    stamp = datetime.now(UTC).replace(microsecond=0)
-    for email, name in demo_data.CUSTOMERS:
-        await db.execute(
-            "INSERT INTO customers (tenant_id, email, name, created_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (tenant_id, email) DO NOTHING",
-            (tenant, email, name, (stamp - timedelta(days=90)).isoformat().replace("+00:00", "Z")),
-        )
-    prices = {p.sku: p for p in demo_data.CATALOG}
-    for order in demo_data.ORDERS:
-        created = (stamp - timedelta(days=order.days_ago)).isoformat().replace("+00:00", "Z")
-        total = sum(prices[sku].price_cents * quantity for sku, quantity in order.items)
-        cursor = await db.execute(
-            "INSERT INTO orders (tenant_id, id, customer_email, status, shipping_address, total_cents,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, id) DO NOTHING",
-            (tenant, order.id, order.email, order.status, order.shipping_address, total, created, created),
-        )
-        if cursor.rowcount != 1:
-            continue
-        await db.executemany(
-            _INSERT_ITEM,
-            [
-                (tenant, order.id, n, sku, prices[sku].name, quantity, prices[sku].price_cents)
-                for n, (sku, quantity) in enumerate(order.items, start=1)
-            ],
-        )

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from msev15.mail.sender import Mailer, QueuedMail, recipient_allowed, render_confirmation, render_message
+from msev15.stores.order_rules import OrderError
 from msev15.stores.orders import OrderRepository
 from msev15.tools.orders import CustomerEmail, EmailAddress, OrderId
 from msev15.tools.registry import Tool, ToolArgs, ToolContext, ToolError
@@ -47,13 +48,16 @@ def mail_tools(mailer: Mailer, repo: OrderRepository) -> list[Tool]:
         mail = await mailer.enqueue(ctx.tenant_id, order["customer_email"], content)
         return {"order_id": order["order_id"], **_outcome(mail)}
 
-    async def send_email(args: SendEmailArgs, ctx: ToolContext) -> dict[str, Any]:
+    async def may_send_to(args: SendEmailArgs, ctx: ToolContext) -> None:
         patterns = mailer.settings.allowed_recipient_patterns
         if not (recipient_allowed(args.to, patterns) or await repo.is_customer(ctx.tenant_id, args.to)):
             raise ToolError(
                 f"I can only send email to customers of this shop or to approved addresses, and {args.to}"
                 " is neither"
             )
+
+    async def send_email(args: SendEmailArgs, ctx: ToolContext) -> dict[str, Any]:
+        await may_send_to(args, ctx)
         content = render_message(args.subject, args.body, mailer.settings.sender_name)
         return _outcome(await mailer.enqueue(ctx.tenant_id, args.to, content))
 
@@ -64,6 +68,7 @@ def mail_tools(mailer: Mailer, repo: OrderRepository) -> list[Tool]:
             " Needs the order id and the email that owns the order; the mail goes to that email.",
             SendOrderConfirmationArgs,
             send_order_confirmation,
+            refusals=(OrderError,),
         ),
         Tool(
             "send_email",
@@ -72,5 +77,8 @@ def mail_tools(mailer: Mailer, repo: OrderRepository) -> list[Tool]:
             SendEmailArgs,
             send_email,
             consequential=True,
+            summary=lambda a: f'Send an email to {a.get("to")} with the subject "{a.get("subject")}"',
+            precheck=may_send_to,
+            refusals=(OrderError,),
         ),
     ]

@@ -62,7 +62,6 @@ class McpToolProvider:
         self._status = "unavailable: not connected yet"
         self._stop = asyncio.Event()
         self._first_attempt = asyncio.Event()
-        self._connected = asyncio.Event()
         self._task: asyncio.Task[Any] | None = None
         self._failures = 0
         self._established = False
@@ -115,15 +114,6 @@ class McpToolProvider:
             return f"connected to {_mask(self.url)} ({len(self.schemas)} tools)"
         return f"{_mask(self.url)} {self._status}"
 
-    async def wait_connected(self, within: float) -> bool:
-        """True once the tools are registered, for callers that need them before going on."""
-        try:
-            async with asyncio.timeout(within):
-                await self._connected.wait()
-        except TimeoutError:
-            return False
-        return True
-
     async def check(self) -> str:
         """Readiness: "ok" after a live listing, else "unavailable: <reason>"."""
         client = self._client
@@ -149,7 +139,6 @@ class McpToolProvider:
                 self._on_failure(exc)
             finally:
                 self._client = None
-                self._connected.clear()
                 self._drop_tools()
                 self._first_attempt.set()
             if self._stop.is_set():
@@ -171,7 +160,6 @@ class McpToolProvider:
                 log.info("MCP server %s connected: %s", _mask(self.url), ", ".join(t.name for t in listed))
             self._failures = 0
             self._established = True
-            self._connected.set()
             self._first_attempt.set()
             await self._watch(client)
 

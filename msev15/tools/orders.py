@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
-from msev15.stores.orders import MAX_QUANTITY, ORDER_PREFIX, OrderRepository
-from msev15.tools.registry import Tool, ToolArgs, ToolContext
+from msev15.stores.order_rules import MAX_QUANTITY, OrderError
+from msev15.stores.orders import ORDER_PREFIX, OrderRepository
+from msev15.tools.registry import Precheck, Tool, ToolArgs, ToolContext
 
 _EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _ORDER_ID_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,31}$")
@@ -105,6 +106,15 @@ class RequestReturnArgs(ToolArgs):
     reason: Reason = ""
 
 
+_ChangeArgs = CancelOrderArgs | RequestReturnArgs | UpdateShippingAddressArgs
+
+
+def _items(items: Any) -> str:
+    if not isinstance(items, list):
+        return "items"
+    return ", ".join(f"{i.get('quantity', 1)} × {i.get('sku', '?')}" for i in items if isinstance(i, dict))
+
+
 def order_tools(repo: OrderRepository) -> list[Tool]:
     """The order tools bound to one repository; the tenant always comes from the call's context."""
 
@@ -124,6 +134,9 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
             args.shipping_address,
         )
 
+    async def can_create_order(args: CreateOrderArgs, ctx: ToolContext) -> None:
+        await repo.check_items(ctx.tenant_id, [(item.sku, item.quantity) for item in args.items])
+
     async def update_shipping_address(args: UpdateShippingAddressArgs, ctx: ToolContext) -> dict[str, Any]:
         return await repo.update_shipping_address(
             ctx.tenant_id, args.order_id, args.customer_email, args.shipping_address
@@ -135,12 +148,22 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
     async def request_return(args: RequestReturnArgs, ctx: ToolContext) -> dict[str, Any]:
         return await repo.request_return(ctx.tenant_id, args.order_id, args.customer_email, args.reason)
 
+    def can_change(change: str) -> Precheck:
+        async def precheck(
+            args: CancelOrderArgs | RequestReturnArgs | UpdateShippingAddressArgs, ctx: ToolContext
+        ) -> None:
+            await repo.check_change(ctx.tenant_id, args.order_id, args.customer_email, change)
+
+        return precheck
+
+    refusals = (OrderError,)
     return [
         Tool(
             "find_customer_orders",
             "List a customer's orders (id, status, total, date), newest first. Needs the customer's email.",
             FindCustomerOrdersArgs,
             find_customer_orders,
+            refusals=refusals,
         ),
         Tool(
             "get_order",
@@ -148,6 +171,7 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
             " email that owns the order.",
             GetOrderArgs,
             get_order,
+            refusals=refusals,
         ),
         Tool(
             "create_order",
@@ -156,6 +180,12 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
             CreateOrderArgs,
             create_order,
             consequential=True,
+            summary=lambda a: (
+                f"Place an order for {a.get('customer_name')} ({a.get('customer_email')}): "
+                f"{_items(a.get('items'))}, shipped to {a.get('shipping_address')}"
+            ),
+            precheck=can_create_order,
+            refusals=refusals,
         ),
         Tool(
             "update_shipping_address",
@@ -163,6 +193,11 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
             UpdateShippingAddressArgs,
             update_shipping_address,
             consequential=True,
+            summary=lambda a: (
+                f"Change the shipping address of order {a.get('order_id')} to {a.get('shipping_address')}"
+            ),
+            precheck=can_change("update_shipping_address"),
+            refusals=refusals,
         ),
         Tool(
             "cancel_order",
@@ -171,6 +206,9 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
             CancelOrderArgs,
             cancel_order,
             consequential=True,
+            summary=lambda a: f"Cancel order {a.get('order_id')} (reason: {a.get('reason')})",
+            precheck=can_change("cancel_order"),
+            refusals=refusals,
         ),
         Tool(
             "request_return",
@@ -178,5 +216,8 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
             RequestReturnArgs,
             request_return,
             consequential=True,
+            summary=lambda a: f"Request a return of order {a.get('order_id')} (reason: {a.get('reason')})",
+            precheck=can_change("request_return"),
+            refusals=refusals,
         ),
     ]

@@ -54,11 +54,13 @@ class ToolArgs(BaseModel):
 
 
 Handler = Callable[[Any, ToolContext], Awaitable[Any]]
+Precheck = Callable[[Any, ToolContext], Awaitable[None]]
+Summary = Callable[[dict[str, Any]], str]
 
 
 @dataclass(slots=True)
 class Tool:
-    """A callable the model may use.
+    """A callable the model may use, with every fact about it in one place.
 
     Args:
         name: the exact name the model sees.
@@ -66,6 +68,10 @@ class Tool:
         args_model: pydantic model; its JSON schema is the tool's parameters.
         handler: `async (validated_args, ctx) -> str | dict | list`; raise ToolError to refuse.
         consequential: changes the world, so it waits for the customer's approval.
+        summary: the one sentence the customer confirms, from the exact arguments.
+        precheck: read-only `async (validated_args, ctx)` that raises a refusal when the rules
+            would refuse the call right now (so nobody is asked to confirm the impossible).
+        refusals: exception types of lower layers (say, OrderError) that mean a plain refusal.
         timeout: seconds, or None for the registry default.
         parameters: a ready JSON schema (remote tools) used instead of `args_model`'s.
         source: "local" or the name of the remote server, for collisions and logs.
@@ -76,6 +82,9 @@ class Tool:
     args_model: type[BaseModel] | None
     handler: Handler
     consequential: bool = False
+    summary: Summary | None = None
+    precheck: Precheck | None = None
+    refusals: tuple[type[Exception], ...] = ()
     timeout: float | None = None
     parameters: dict[str, Any] | None = None
     source: str = "local"
@@ -100,6 +109,13 @@ class Tool:
         if self.args_model is None:
             return arguments
         return self.args_model.model_validate(arguments)
+
+    def describe(self, arguments: dict[str, Any]) -> str:
+        """The approval card's sentence: the tool's own, or every argument spelled out."""
+        if self.summary is not None:
+            return self.summary(arguments)
+        shown = ", ".join(f"{k}={v}" for k, v in arguments.items())
+        return f"Run {self.name} ({shown})" if shown else f"Run {self.name}"
 
 
 def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +219,29 @@ class ToolRegistry:
         plain = validated.model_dump(mode="json") if isinstance(validated, BaseModel) else dict(validated)
         return tool, validated, plain
 
+    async def precheck(
+        self, tool: Tool, validated: Any, plain: dict[str, Any], ctx: ToolContext
+    ) -> ToolResult | None:
+        """The refusal the rules would give this call right now, or None; reads only, changes nothing.
+
+        Refusals are audited like calls. A precheck that cannot answer (slow, broken) lets the
+        proposal through: the rules are checked again when the approved action runs.
+        """
+        if tool.precheck is None:
+            return None
+        started = time.perf_counter()
+        refusals: tuple[type[Exception], ...] = (ToolError, *tool.refusals)
+        try:
+            async with asyncio.timeout(tool.timeout or self.default_timeout):
+                await tool.precheck(validated, ctx)
+        except refusals as exc:
+            result = ToolResult(False, None, str(exc) or "the tool refused", _ms(started))
+            await self._notify(ctx, tool.name, plain, result)
+            return result
+        except Exception:
+            log.exception("precheck of %s failed", tool.name)
+        return None
+
     async def call(
         self, name: str, raw_arguments: str | dict[str, Any] | None, ctx: ToolContext
     ) -> ToolResult:
@@ -229,6 +268,8 @@ class ToolRegistry:
             try:
                 async with asyncio.timeout(timeout):
                     return await tool.handler(validated, ctx)
+            except tool.refusals as exc:
+                raise ToolError(str(exc)) from None
             except TimeoutError:
                 error: ToolError = RetryableToolError(
                     f"the tool {tool.name} did not answer within {timeout:g} s"

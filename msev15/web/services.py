@@ -64,7 +64,6 @@ class Services:
     orders: OrderRepository | None = None
     mailer: Mailer | None = None
     audit: AuditLog | None = None
-    redis: Any = None  # the session store's redis.asyncio client when SESSION_STORE=redis (share it)
 
     def uptime(self) -> float:
         return round(time.time() - self.started_at, 3)
@@ -130,7 +129,6 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
         found = Services(settings, model, sessions, tools, agent, time.time(), stack=stack)
         found.checks.append(Check("model", model.check, critical=True))
         found.checks.append(Check("sessions", sessions.check, critical=settings.session_store != "memory"))
-        found.redis = getattr(sessions, "client", None) if settings.session_store == "redis" else None
         found.orders, found.mailer = orders, mailer
         found.audit = audit
         found.checks.append(Check("database", orders.check, critical=True))
