@@ -22,7 +22,7 @@ from msev15.web.cors import install_cors
 from msev15.web.errors import register_error_handlers
 from msev15.web.openapi import ServiceOpenAPI
 from msev15.web.ratelimit import install_rate_limits
-from msev15.web.services import EXTENSION_KEY, Overrides, open_services
+from msev15.web.services import EXTENSION_KEY, Overrides, Services, open_services
 
 __version__ = VERSION
 __all__ = ["ROOT", "__version__", "create_app"]
@@ -86,25 +86,7 @@ def create_app(
     async def _lifespan() -> AsyncGenerator[None, None]:
         found = await open_services(settings, parts)
         app.extensions[EXTENSION_KEY] = found
-        banner(
-            settings,
-            __version__,
-            {
-                "model_provider": found.model.provider,
-                "model": found.model.model_name,
-                "sessions": settings.session_store,
-                "database": str(settings.order_db_path),
-                "email": (
-                    f"smtp {settings.smtp_server}:{settings.smtp_port}"
-                    if settings.smtp_server
-                    else f"outbox only ({settings.outbox_dir})"
-                ),
-                "auth": "api keys" if settings.api_key_map else "OFF (no API_KEYS)",
-                "mcp": found.mcp.state if found.mcp is not None else "off",
-            },
-        )
-        if not settings.api_key_map:
-            log.warning("API_KEYS is not set: every client may use every tenant. Set API_KEYS in production.")
+        _announce(settings, found)
         _freeze_startup_objects()
         try:
             yield
@@ -113,3 +95,26 @@ def create_app(
             app.extensions.pop(EXTENSION_KEY, None)
 
     return app
+
+
+def _announce(settings: Settings, found: Services) -> None:
+    """The start banner (secrets masked) and the warning an open service deserves."""
+    banner(
+        settings,
+        __version__,
+        {
+            "model_provider": found.model.provider,
+            "model": found.model.model_name,
+            "sessions": settings.session_store,
+            "database": str(settings.order_db_path),
+            "email": (
+                f"smtp {settings.smtp_server}:{settings.smtp_port}"
+                if settings.smtp_server
+                else f"outbox only ({settings.outbox_dir})"
+            ),
+            "auth": "api keys" if settings.api_key_map else "OFF (no API_KEYS)",
+            "mcp": found.mcp.state if found.mcp is not None else "off",
+        },
+    )
+    if not settings.api_key_map:
+        log.warning("API_KEYS is not set: every client may use every tenant. Set API_KEYS in production.")

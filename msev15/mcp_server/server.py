@@ -219,6 +219,7 @@ QueryArg = Annotated[
 
 def build_server(db_path: Path | str, tenant_id: str = "default") -> MCPServer:
     """The MCP server with the shop tools."""
+    # Long by design: the four tool declarations, each next to the schema the clients see.
     catalog = Catalog(db_path, tenant_id)
     server: MCPServer = MCPServer("msev15-shop", instructions=INSTRUCTIONS, version="1.0")
 
