@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from msev15.principal import ANY_USER, UserScope
+
 log = logging.getLogger(__name__)
 
 SessionKey = tuple[str, str]  # (tenant_id, session_id): a tuple, since ids may contain ':'
@@ -60,6 +62,7 @@ class Session:
     last_activity: float
     messages: list[Message] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    user_id: str | None = None  # the end user who owns it; None: tenant-wide callers only
 
     def summary(self) -> dict[str, Any]:
         from msev15.jsonio import iso
@@ -67,6 +70,7 @@ class Session:
         return {
             "session_id": self.session_id,
             "tenant_id": self.tenant_id,
+            "user_id": self.user_id,
             "message_count": len(self.messages),
             "created_at": iso(self.created_at),
             "last_activity": iso(self.last_activity),
@@ -77,6 +81,15 @@ class SessionLimitError(Exception):
     """A tenant has as many sessions as it may keep."""
 
 
+class SessionOwnedElsewhere(Exception):
+    """The session exists but belongs to another end user (or to none); callers answer "not found"."""
+
+
+def visible(owner: str | None, user: UserScope) -> bool:
+    """A tenant-wide scope sees every session; a user sees only the sessions it owns."""
+    return user is ANY_USER or owner == user
+
+
 class SessionStoreUnavailable(Exception):
     """The session store cannot be reached (or a session stays busy); the API answers 503."""
 
@@ -85,14 +98,18 @@ class SessionStore(Protocol):
     """Where conversations live.
 
     Args (shared by the methods): `tenant_id` and `session_id` together name one session;
-    the same session id in two tenants is two unrelated sessions.
+    the same session id in two tenants is two unrelated sessions. `user` scopes every read and
+    write to one end user's sessions (ANY_USER: the whole tenant); the store checks it in its
+    own query, and a session a new turn creates belongs to that user.
     """
 
     def lock(self, tenant_id: str, session_id: str) -> Any:
         """An async context manager held for a whole turn, so turns on one session run in order."""
         ...
 
-    async def get(self, tenant_id: str, session_id: str) -> Session | None: ...
+    async def get(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> Session | None:
+        """The session, or None when it is absent, expired or not visible to `user`."""
+        ...
 
     async def save_turn(
         self,
@@ -100,13 +117,17 @@ class SessionStore(Protocol):
         session_id: str,
         messages: list[Message],
         metadata: dict[str, Any] | None = None,
+        user: UserScope = ANY_USER,
     ) -> Session:
-        """Append a turn's messages (and replace metadata when given) atomically; creates the session."""
+        """Append a turn's messages (and replace metadata when given) atomically; creates the session.
+
+        Raises SessionOwnedElsewhere when the session exists but `user` may not see it.
+        """
         ...
 
-    async def list(self, tenant_id: str) -> list[Session]: ...
+    async def list(self, tenant_id: str, user: UserScope = ANY_USER) -> list[Session]: ...
 
-    async def delete(self, tenant_id: str, session_id: str) -> bool: ...
+    async def delete(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> bool: ...
 
     async def purge_expired(self) -> int: ...
 

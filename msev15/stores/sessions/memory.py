@@ -6,7 +6,16 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from msev15.stores.sessions.base import LockTable, Message, Session, SessionKey, SessionLimitError
+from msev15.principal import ANY_USER, UserScope
+from msev15.stores.sessions.base import (
+    LockTable,
+    Message,
+    Session,
+    SessionKey,
+    SessionLimitError,
+    SessionOwnedElsewhere,
+    visible,
+)
 
 
 class MemorySessionStore:
@@ -41,8 +50,9 @@ class MemorySessionStore:
             return None
         return session
 
-    async def get(self, tenant_id: str, session_id: str) -> Session | None:
-        return self._live((tenant_id, session_id))
+    async def get(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> Session | None:
+        session = self._live((tenant_id, session_id))
+        return session if session is not None and visible(session.user_id, user) else None
 
     async def save_turn(
         self,
@@ -50,16 +60,20 @@ class MemorySessionStore:
         session_id: str,
         messages: list[Message],
         metadata: dict[str, Any] | None = None,
+        user: UserScope = ANY_USER,
     ) -> Session:
         key = (tenant_id, session_id)
         now = self._clock()
         session = self._live(key)
+        if session is not None and not visible(session.user_id, user):
+            raise SessionOwnedElsewhere(session_id)
         if session is None:
             if self._per_tenant.get(tenant_id, 0) >= self.max_per_tenant:
                 self._purge_tenant(tenant_id)
                 if self._per_tenant.get(tenant_id, 0) >= self.max_per_tenant:
                     raise SessionLimitError(f"tenant {tenant_id} has reached its limit of sessions")
-            session = Session(tenant_id, session_id, now, now)
+            owner = user if isinstance(user, str) else None
+            session = Session(tenant_id, session_id, now, now, user_id=owner)
             self._sessions[key] = session
             self._per_tenant[tenant_id] = self._per_tenant.get(tenant_id, 0) + 1
             while len(self._sessions) > self.max_sessions:
@@ -73,15 +87,18 @@ class MemorySessionStore:
         self._sessions.move_to_end(key)
         return session
 
-    async def list(self, tenant_id: str) -> list[Session]:
+    async def list(self, tenant_id: str, user: UserScope = ANY_USER) -> list[Session]:
         await self.purge_expired()
-        found = [s for (tenant, _), s in self._sessions.items() if tenant == tenant_id]
+        found = [
+            s for (tenant, _), s in self._sessions.items() if tenant == tenant_id and visible(s.user_id, user)
+        ]
         found.reverse()  # most recently active first
         return found
 
-    async def delete(self, tenant_id: str, session_id: str) -> bool:
+    async def delete(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> bool:
         key = (tenant_id, session_id)
-        if self._live(key) is None:
+        session = self._live(key)
+        if session is None or not visible(session.user_id, user):
             return False
         self._remove(key)
         return True

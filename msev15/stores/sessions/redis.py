@@ -4,9 +4,11 @@ Keys (tenant and session id percent-encoded, so ':' in an id can never merge two
 tenant is a hash tag, so one tenant's keys share a Redis Cluster slot and a script may touch
 them together):
 
-    {prefix}:{t=<tenant>}:s:<session>   hash: created_at, last_activity, metadata (JSON)
+    {prefix}:{t=<tenant>}:s:<session>   hash: created_at, last_activity, metadata (JSON), and for
+                                        an owned session user_id and user_index (its owner's index)
     {prefix}:{t=<tenant>}:m:<session>   list: one JSON record per message, oldest first
     {prefix}:{t=<tenant>}:index         sorted set: session ids by last activity (listing, no KEYS)
+    {prefix}:{t=<tenant>}:u:<user>:index   the same, for one end user's sessions
     {prefix}:{t=<tenant>}:lock:<session>   the turn lock (redis-py Lock: token, timeout, renewed)
     {prefix}:tenants                    set of tenants with an index (the purge walks it)
 
@@ -31,26 +33,32 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import LockError, ReadOnlyError, RedisError, ResponseError
 
 from msev15.jsonio import dumps, loads
+from msev15.principal import ANY_USER, UserScope
 from msev15.stores.sessions.base import (
     LockTable,
     Message,
     Session,
     SessionLimitError,
+    SessionOwnedElsewhere,
     SessionStoreUnavailable,
     renewed,
+    visible,
 )
 
 log = logging.getLogger(__name__)
 
 _LIMIT = "MSEV15_SESSION_LIMIT"
+_NOT_OWNER = "MSEV15_NOT_OWNER"
 
 # KEYS: hash, list, index. ARGV: now, cutoff, ttl_ms, max_messages, max_per_tenant, session id,
-# metadata JSON ('' keeps it), then the message records. Returns created flag, created_at,
-# last_activity, metadata, then every message record.
+# metadata JSON ('' keeps it), user ('' for a tenant-wide caller), that user's index key, then the
+# message records. A new session belongs to the user; an existing one must be visible to it.
+# Returns created flag, created_at, last_activity, metadata, owner, then every message record.
 _SAVE = f"""
 local hash, list, index = KEYS[1], KEYS[2], KEYS[3]
 local now, cutoff, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_messages, max_per_tenant, sid, meta = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local user, user_index = ARGV[8], ARGV[9]
 local last = redis.call('HGET', hash, 'last_activity')
 if last and tonumber(last) < cutoff then
   redis.call('DEL', hash, list)
@@ -65,40 +73,74 @@ if not last then
   end
   redis.call('DEL', list)
   redis.call('HSET', hash, 'created_at', now, 'metadata', '{{}}')
+  if user ~= '' then
+    redis.call('HSET', hash, 'user_id', user, 'user_index', user_index)
+  end
   created = '1'
+elseif user ~= '' and redis.call('HGET', hash, 'user_id') ~= user then
+  return redis.error_reply('{_NOT_OWNER}')
 end
 redis.call('HSET', hash, 'last_activity', now)
 if meta ~= '' then
   redis.call('HSET', hash, 'metadata', meta)
 end
-if #ARGV > 7 then
-  redis.call('RPUSH', list, unpack(ARGV, 8))
+if #ARGV > 9 then
+  redis.call('RPUSH', list, unpack(ARGV, 10))
   redis.call('LTRIM', list, -max_messages, -1)
 end
 redis.call('PEXPIRE', hash, ttl)
 redis.call('PEXPIRE', list, ttl)
 redis.call('ZADD', index, now, sid)
 redis.call('PEXPIRE', index, ttl)
-local h = redis.call('HMGET', hash, 'created_at', 'last_activity', 'metadata')
-local out = {{created, h[1], h[2], h[3]}}
+local owner_index = redis.call('HGET', hash, 'user_index')
+if owner_index then
+  redis.call('ZADD', owner_index, now, sid)
+  redis.call('PEXPIRE', owner_index, ttl)
+end
+local h = redis.call('HMGET', hash, 'created_at', 'last_activity', 'metadata', 'user_id')
+local out = {{created, h[1], h[2], h[3], h[4] or ''}}
 for _, record in ipairs(redis.call('LRANGE', list, 0, -1)) do
   out[#out + 1] = record
 end
 return out
 """
 
-# KEYS: hash, list, index. ARGV: cutoff, session id. Returns 1 when a live session was deleted.
+# KEYS: hash, list. ARGV: cutoff, user ('' for tenant-wide). The owner is checked here, in the read
+# itself: returns {} for an absent, expired or foreign session, else the fields and the records.
+_GET = """
+local h = redis.call('HMGET', KEYS[1], 'created_at', 'last_activity', 'metadata', 'user_id')
+if not h[2] or tonumber(h[2]) < tonumber(ARGV[1]) then
+  return {}
+end
+if ARGV[2] ~= '' and h[4] ~= ARGV[2] then
+  return {}
+end
+local out = {h[1], h[2], h[3], h[4] or ''}
+for _, record in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  out[#out + 1] = record
+end
+return out
+"""
+
+# KEYS: hash, list, index. ARGV: cutoff, session id, user ('' for tenant-wide). Returns 1 when a
+# live session visible to the user was deleted; a foreign session is left as it is.
 _DELETE = """
-local last = redis.call('HGET', KEYS[1], 'last_activity')
+local h = redis.call('HMGET', KEYS[1], 'last_activity', 'user_id', 'user_index')
+if ARGV[3] ~= '' and h[2] ~= ARGV[3] then
+  return 0
+end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
-if last and tonumber(last) >= tonumber(ARGV[1]) then
+if h[3] then
+  redis.call('ZREM', h[3], ARGV[2])
+end
+if h[1] and tonumber(h[1]) >= tonumber(ARGV[1]) then
   return 1
 end
 return 0
 """
 
-_FIELDS = ("created_at", "last_activity", "metadata")
+_FIELDS = ("created_at", "last_activity", "metadata", "user_id")
 
 
 def _enc(part: str) -> str:
@@ -131,6 +173,7 @@ class RedisSessionStore:
         self._locks = LockTable()
         self._save = client.register_script(_SAVE)
         self._delete = client.register_script(_DELETE)
+        self._read = client.register_script(_GET)
 
     @classmethod
     async def open(
@@ -157,6 +200,10 @@ class RedisSessionStore:
 
     def _tenant(self, tenant_id: str) -> str:
         return f"{self.prefix}:{{t={_enc(tenant_id)}}}"
+
+    def _user_index(self, tenant_id: str, user: UserScope) -> str:
+        """The sorted set of one end user's sessions ('' for a tenant-wide scope)."""
+        return f"{self._tenant(tenant_id)}:u:{_enc(user)}:index" if isinstance(user, str) else ""
 
     def _keys(self, tenant_id: str, session_id: str) -> list[str]:
         tenant, sid = self._tenant(tenant_id), _enc(session_id)
@@ -196,19 +243,28 @@ class RedisSessionStore:
 
     # Reads and writes --------------------------------------------------------------------
 
-    async def get(self, tenant_id: str, session_id: str) -> Session | None:
+    async def get(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> Session | None:
         hash_key, list_key, _ = self._keys(tenant_id, session_id)
+        cutoff = self._clock() - self.ttl
         with _unavailable():
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hmget(hash_key, _FIELDS)
-                pipe.lrange(list_key, 0, -1)
-                fields, records = await pipe.execute()
-        return self._session(tenant_id, session_id, fields, records)
+            out = await self._read(keys=[hash_key, list_key], args=[repr(cutoff), _arg(user)])
+        if not out:
+            return None
+        created, last, meta, owner, *records = out
+        return Session(
+            tenant_id,
+            session_id,
+            float(created),
+            float(last),
+            [Message.from_record(loads(r)) for r in records],
+            loads(meta or "{}"),
+            owner or None,
+        )
 
     def _session(
         self, tenant_id: str, session_id: str, fields: list[Any], records: list[str]
     ) -> Session | None:
-        created, last, meta = fields
+        created, last, meta, owner = fields
         if last is None or float(last) < self._clock() - self.ttl:
             return None
         return Session(
@@ -218,6 +274,7 @@ class RedisSessionStore:
             float(last),
             [Message.from_record(loads(r)) for r in records],
             loads(meta or "{}"),
+            owner,
         )
 
     async def save_turn(
@@ -226,6 +283,7 @@ class RedisSessionStore:
         session_id: str,
         messages: list[Message],
         metadata: dict[str, Any] | None = None,
+        user: UserScope = ANY_USER,
     ) -> Session:
         now = self._clock()
         args: list[Any] = [
@@ -236,6 +294,8 @@ class RedisSessionStore:
             self.max_per_tenant,
             session_id,
             dumps(metadata) if metadata is not None else "",
+            _arg(user),
+            self._user_index(tenant_id, user),
             *(dumps(m.to_record()) for m in messages),
         ]
         try:
@@ -244,8 +304,10 @@ class RedisSessionStore:
         except ResponseError as exc:
             if _LIMIT in str(exc):
                 raise SessionLimitError(f"tenant {tenant_id} has reached its limit of sessions") from None
+            if _NOT_OWNER in str(exc):
+                raise SessionOwnedElsewhere(session_id) from None
             raise
-        created_flag, created, last, meta, *records = out
+        created_flag, created, last, meta, owner, *records = out
         if created_flag == "1":
             with contextlib.suppress(RedisError):  # only the purge reads it; the next new session retries
                 await self.client.sadd(f"{self.prefix}:tenants", tenant_id)
@@ -256,10 +318,11 @@ class RedisSessionStore:
             float(last),
             [Message.from_record(loads(r)) for r in records],
             loads(meta),
+            owner or None,
         )
 
-    async def list(self, tenant_id: str) -> list[Session]:
-        index = f"{self._tenant(tenant_id)}:index"
+    async def list(self, tenant_id: str, user: UserScope = ANY_USER) -> list[Session]:
+        index = self._user_index(tenant_id, user) or f"{self._tenant(tenant_id)}:index"
         cutoff = self._clock() - self.ttl
         with _unavailable():
             async with self.client.pipeline(transaction=True) as pipe:
@@ -278,7 +341,7 @@ class RedisSessionStore:
             gone: list[str] = []
             for i, sid in enumerate(ids):
                 session = self._session(tenant_id, sid, found[2 * i], found[2 * i + 1])
-                if session is None:
+                if session is None or not visible(session.user_id, user):  # expired, or reused since
                     gone.append(sid)
                 else:
                     sessions.append(session)
@@ -287,11 +350,11 @@ class RedisSessionStore:
         sessions.sort(key=lambda s: s.last_activity, reverse=True)
         return sessions
 
-    async def delete(self, tenant_id: str, session_id: str) -> bool:
+    async def delete(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> bool:
         with _unavailable():
             deleted = await self._delete(
                 keys=self._keys(tenant_id, session_id),
-                args=[repr(float(self._clock() - self.ttl)), session_id],
+                args=[repr(float(self._clock() - self.ttl)), session_id, _arg(user)],
             )
         return bool(deleted)
 
@@ -324,6 +387,11 @@ class RedisSessionStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _arg(user: UserScope) -> str:
+    """A scope as a script argument: the user id, or '' for tenant-wide (ids are never empty)."""
+    return user if isinstance(user, str) else ""
 
 
 def connect(url: str) -> Redis:

@@ -20,18 +20,21 @@ from typing import Any
 import aiosqlite
 
 from msev15.jsonio import dumps, loads
+from msev15.principal import ANY_USER, UserScope
 from msev15.stores import database as sqlitedb
 from msev15.stores.sessions.base import (
     LockTable,
     Message,
     Session,
     SessionLimitError,
+    SessionOwnedElsewhere,
     SessionStoreUnavailable,
     renewed,
+    visible,
 )
 
 BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sessions record their owner (user_id)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chat_sessions (
@@ -42,6 +45,7 @@ CREATE TABLE IF NOT EXISTS chat_sessions (
     metadata TEXT NOT NULL DEFAULT '{}',
     messages TEXT NOT NULL DEFAULT '[]',
     touched INTEGER NOT NULL DEFAULT 0, -- write order: breaks last_activity ties for LRU and listing
+    user_id TEXT, -- the owning end user; NULL: tenant-wide callers only
     PRIMARY KEY (tenant_id, session_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chat_sessions_by_tenant ON chat_sessions (tenant_id, last_activity, touched);
@@ -56,7 +60,18 @@ CREATE TABLE IF NOT EXISTS chat_session_leases (
 ) WITHOUT ROWID;
 """
 
-_COLUMNS = "tenant_id, session_id, created_at, last_activity, metadata, messages"
+# Sessions made before version 2 have no owner: they stay reachable by tenant-wide callers only.
+_ADD_OWNER = "ALTER TABLE chat_sessions ADD COLUMN user_id TEXT"
+_OWNER_INDEX = (
+    "CREATE INDEX IF NOT EXISTS chat_sessions_by_user ON chat_sessions (tenant_id, user_id, last_activity)"
+)
+
+_COLUMNS = "tenant_id, session_id, created_at, last_activity, metadata, messages, user_id"
+
+
+def _owned(user: UserScope) -> tuple[str, tuple[str, ...]]:
+    """The WHERE condition that scopes a query to one end user's sessions (none for tenant-wide)."""
+    return (" AND user_id = ?", (user,)) if isinstance(user, str) else ("", ())
 
 
 class SqliteSessionStore:
@@ -102,6 +117,8 @@ class SqliteSessionStore:
         db = await sqlitedb.connect(path, BUSY_TIMEOUT_MS)
         try:
             await db.executescript(_SCHEMA)
+            await _add_owner_column(db)
+            await db.execute(_OWNER_INDEX)
             await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             await db.close()
@@ -172,13 +189,14 @@ class SqliteSessionStore:
                 await cursor.close()
                 return cursor.rowcount
 
-    async def get(self, tenant_id: str, session_id: str) -> Session | None:
+    async def get(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> Session | None:
+        owned, owner = _owned(user)
         async with self._serial:
             with _unavailable():
                 async with self._db.execute(
                     f"SELECT {_COLUMNS} FROM chat_sessions"
-                    " WHERE tenant_id = ? AND session_id = ? AND last_activity >= ?",
-                    (tenant_id, session_id, self._clock() - self.ttl),
+                    " WHERE tenant_id = ? AND session_id = ? AND last_activity >= ?" + owned,
+                    (tenant_id, session_id, self._clock() - self.ttl, *owner),
                 ) as cursor:
                     row = await cursor.fetchone()
         return _session(row) if row is not None else None
@@ -189,6 +207,7 @@ class SqliteSessionStore:
         session_id: str,
         messages: list[Message],
         metadata: dict[str, Any] | None = None,
+        user: UserScope = ANY_USER,
     ) -> Session:
         now = self._clock()
         cutoff = now - self.ttl
@@ -199,7 +218,7 @@ class SqliteSessionStore:
                 await db.execute("BEGIN IMMEDIATE")
                 try:
                     async with db.execute(
-                        "SELECT created_at, last_activity, metadata, messages FROM chat_sessions"
+                        "SELECT created_at, last_activity, metadata, messages, user_id FROM chat_sessions"
                         " WHERE tenant_id = ? AND session_id = ?",
                         (tenant_id, session_id),
                     ) as cursor:
@@ -209,16 +228,19 @@ class SqliteSessionStore:
                     if row is None:
                         await self._make_room(tenant_id, session_id, cutoff)
                         created, stored_meta, records = now, "{}", []
+                        owner = user if isinstance(user, str) else None
+                    elif not visible(row[4], user):
+                        raise SessionOwnedElsewhere(session_id)
                     else:
-                        created, stored_meta, records = row[0], row[2], loads(row[3])
+                        created, stored_meta, records, owner = row[0], row[2], loads(row[3]), row[4]
                     records.extend(m.to_record() for m in messages)
                     del records[: max(0, len(records) - self.max_messages)]
                     meta_text = dumps(metadata) if metadata is not None else stored_meta
                     await db.execute(
                         f"INSERT OR REPLACE INTO chat_sessions ({_COLUMNS}, touched)"
-                        " VALUES (?, ?, ?, ?, ?, ?,"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?,"
                         " (SELECT COALESCE(MAX(touched), 0) + 1 FROM chat_sessions))",
-                        (tenant_id, session_id, created, now, meta_text, dumps(records)),
+                        (tenant_id, session_id, created, now, meta_text, dumps(records), owner),
                     )
                     await db.execute("COMMIT")
                 except BaseException:
@@ -232,6 +254,7 @@ class SqliteSessionStore:
             now,
             [Message.from_record(r) for r in records],
             loads(meta_text),
+            owner,
         )
 
     async def _make_room(self, tenant_id: str, session_id: str, cutoff: float) -> None:
@@ -254,24 +277,28 @@ class SqliteSessionStore:
                 (total - self.max_sessions + 1,),
             )
 
-    async def list(self, tenant_id: str) -> list[Session]:
+    async def list(self, tenant_id: str, user: UserScope = ANY_USER) -> list[Session]:
+        owned, owner = _owned(user)
         async with self._serial:
             with _unavailable():
                 async with self._db.execute(
                     f"SELECT {_COLUMNS} FROM chat_sessions WHERE tenant_id = ? AND last_activity >= ?"
-                    " ORDER BY last_activity DESC, touched DESC",
-                    (tenant_id, self._clock() - self.ttl),
+                    + owned
+                    + " ORDER BY last_activity DESC, touched DESC",
+                    (tenant_id, self._clock() - self.ttl, *owner),
                 ) as cursor:
                     rows = await cursor.fetchall()
         return [_session(row) for row in rows]
 
-    async def delete(self, tenant_id: str, session_id: str) -> bool:
+    async def delete(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> bool:
+        owned, owner = _owned(user)
         async with self._serial:
             with _unavailable():
                 async with self._db.execute(
                     "DELETE FROM chat_sessions WHERE tenant_id = ? AND session_id = ?"
-                    " RETURNING last_activity",
-                    (tenant_id, session_id),
+                    + owned
+                    + " RETURNING last_activity",
+                    (tenant_id, session_id, *owner),
                 ) as cursor:
                     row = await cursor.fetchone()
         return row is not None and row[0] >= self._clock() - self.ttl
@@ -294,10 +321,29 @@ class SqliteSessionStore:
         await self._db.close()
 
 
+async def _add_owner_column(db: aiosqlite.Connection) -> None:
+    """Version 1 files gain the owner column; a worker that loses the race to add it goes on."""
+    async with db.execute("PRAGMA table_info(chat_sessions)") as cursor:
+        columns = {row[1] for row in await cursor.fetchall()}
+    if "user_id" in columns:
+        return
+    try:
+        await db.execute(_ADD_OWNER)
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc).lower():
+            raise
+
+
 def _session(row: Any) -> Session:
-    tenant_id, session_id, created, last, meta, records = row
+    tenant_id, session_id, created, last, meta, records, owner = row
     return Session(
-        tenant_id, session_id, created, last, [Message.from_record(r) for r in loads(records)], loads(meta)
+        tenant_id,
+        session_id,
+        created,
+        last,
+        [Message.from_record(r) for r in loads(records)],
+        loads(meta),
+        owner,
     )
 
 
