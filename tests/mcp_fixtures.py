@@ -9,21 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from msev15 import ROOT
 from msev15.stores.orders import OrderRepository
+from tests.helpers import eventually_sync, free_port
 
 STARTUP_SECONDS = 20.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def make_orders_db(path: Path) -> Path:
@@ -45,14 +38,13 @@ def port_open(port: int) -> bool:
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], within: float = STARTUP_SECONDS) -> None:
     """Poll the TCP port (bounded); fail early if the process died."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"MCP server exited with {proc.returncode} before listening")
-        if port_open(port):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"MCP server not listening on {port} within {within:g} s")
+        return port_open(port)
+
+    eventually_sync(listening, within=within, interval=0.05, what=f"MCP server listening on {port}")
 
 
 class McpProcess:
@@ -109,13 +101,3 @@ def running_mcp(db: Path, port: int | None = None, slow_tool: bool = False) -> I
         yield server
     finally:
         server.stop()
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 10.0, every: float = 0.05) -> bool:
-    """Poll a condition (bounded) instead of sleeping a fixed time."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await asyncio.sleep(every)
-    return condition()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import email
 import email.policy
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -71,14 +70,6 @@ class RecordingSMTP:
         async with self._arrived:
             await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.mails) >= count), limit)
         return self.mails
-
-
-def free_port() -> int:
-    """A port nothing listens on (yet): SMTP 'down' until a server is started on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager

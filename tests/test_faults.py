@@ -24,6 +24,7 @@ from msev15.stores.sessions.sqlite import SqliteSessionStore
 from msev15.tools.orders import order_tools
 from msev15.tools.registry import ToolContext, ToolRegistry
 from tests.conftest import make_settings
+from tests.helpers import eventually, free_port
 from tests.openai_server import Reply, ScriptedOpenAI, running_openai_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,15 +163,6 @@ async def test_model_fault_leaves_the_session_consistent(
 WORDS = [f"w{i}" for i in range(1, 31)]  # 30 tokens 0.1 s apart: about 3 s of answer in flight
 
 
-def _free_port() -> int:
-    from tests.servers import bound_socket
-
-    sock = bound_socket()
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
-
-
 def _command(form: str, port: int) -> list[str]:
     if form == "hypercorn":  # the production form: a supervisor process and one worker
         return [
@@ -206,19 +198,23 @@ async def running_service(
     form: str, env: dict[str, str], log_path: Path
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
     """The real service in a subprocess, killed if a test fails."""
-    port = _free_port()
+    port = free_port()
     process = _spawn(form, env, log_path, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
         async with httpx.AsyncClient(timeout=2) as client:
-            while True:
+
+            async def healthy() -> bool:
+                if process.poll() is not None:
+                    pytest.fail(f"the service did not start (exit {process.returncode}):\n{_log(log_path)}")
                 with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"{url}/health")).status_code == 200:
-                        break
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError(f"the service did not start:\n{_log(log_path)}")
-                await asyncio.sleep(0.1)
+                    return (await client.get(f"{url}/health")).status_code == 200
+                return False
+
+            try:
+                await eventually(healthy, within=60, interval=0.1, what="the service answering /health")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{_log(log_path)}") from None
         yield process, url
     finally:
         if process.poll() is None:
@@ -279,7 +275,7 @@ async def test_sigterm_lets_the_turn_in_flight_finish_and_loses_nothing(tmp_path
             "ENABLE_RATE_LIMITING": "false",
             # SMTP is down: the confirmation stays queued in the outbox, and must survive the shutdown.
             "SMTP_SERVER": "127.0.0.1",
-            "SMTP_PORT": str(_free_port()),
+            "SMTP_PORT": str(free_port()),
             "SMTP_USE_TLS": "false",
         }
         async with running_service(form, env, log_path) as (process, url):
@@ -290,10 +286,11 @@ async def test_sigterm_lets_the_turn_in_flight_finish_and_loses_nothing(tmp_path
             await asyncio.wait_for(first.wait(), timeout=30)
 
             process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while await _served(url):  # shutdown started: new connections are no longer served
-                assert time.monotonic() < deadline, "new connections were still served after SIGTERM"
-                await asyncio.sleep(0.05)
+
+            async def refused() -> bool:  # shutdown started: new connections are no longer served
+                return not await _served(url)
+
+            await eventually(refused, within=15, interval=0.05, what="new connections refused after SIGTERM")
             assert not reader.done(), "the turn ended before shutdown was observed; lengthen WORDS"
 
             await asyncio.wait_for(reader, timeout=30)  # graceful_timeout in hypercorn.toml is 30 s

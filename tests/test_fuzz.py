@@ -16,23 +16,16 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from tests.helpers import eventually_sync, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    from tests.servers import bound_socket
-
-    sock = bound_socket()
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
 
 
 @pytest.fixture(scope="module")
 def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real service under Hypercorn in a subprocess, on the offline model."""
     data = tmp_path_factory.mktemp("fuzz")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "ORDER_DB_PATH": str(data / "orders.db"),
@@ -53,16 +46,16 @@ def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"the service did not start: it exited with {process.returncode}")
             try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{url}/health", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.1)
+                return False
+
+        eventually_sync(healthy, within=30, interval=0.1, what="the service answering /health")
         yield url
     finally:
         process.terminate()

@@ -22,8 +22,9 @@ from msev15.stores.orders import OrderRepository
 from msev15.tools.mail import mail_tools
 from msev15.tools.registry import ToolRegistry
 from tests.conftest import make_settings
+from tests.helpers import free_port
 from tests.openai_server import Reply, ScriptedOpenAI
-from tests.smtp_server import RecordingSMTP, free_port, running_smtp_server
+from tests.smtp_server import RecordingSMTP, running_smtp_server
 from tests.test_orders import call, data
 
 ALICE = "alice@example.com"

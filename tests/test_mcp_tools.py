@@ -20,7 +20,8 @@ from msev15.tools.mcp import SOURCE, McpToolProvider
 from msev15.tools.registry import Tool, ToolArgs, ToolContext, ToolRegistry
 from msev15.web.services import EXTENSION_KEY, Services
 from tests.conftest import make_settings
-from tests.mcp_fixtures import McpProcess, free_port, make_orders_db, running_mcp, wait_until
+from tests.helpers import eventually, free_port
+from tests.mcp_fixtures import McpProcess, make_orders_db, running_mcp
 from tests.openai_server import Reply, ScriptedOpenAI
 
 MCP_TOOLS = {"search_products", "get_product", "get_policy", "search_faq"}
@@ -137,7 +138,7 @@ async def test_server_absent_at_start_then_started(
         assert body["checks"]["mcp"].startswith("unavailable: ")
 
         with running_mcp(shop_db, port=port):
-            assert await wait_until(lambda: mcp_names(app) == MCP_TOOLS, within=10)
+            await eventually(lambda: mcp_names(app) == MCP_TOOLS, within=10, what="the MCP tools listed")
             status, body = await readiness(client)
             assert body["checks"]["mcp"] == "ok"
 
@@ -166,7 +167,7 @@ async def test_server_killed_mid_session(
         assert body["message"] == "Sorry, I cannot look that up right now."
         assert body["message_count"] == 4
 
-        assert await wait_until(lambda: mcp_names(app) == set(), within=10)
+        await eventually(lambda: mcp_names(app) == set(), within=10, what="the MCP tools dropped")
         assert "get_current_time" in found(app).tools.names()  # local tools stay
         status, ready = await readiness(client)
         assert status == 200 and ready["status"] == "degraded"
@@ -174,7 +175,7 @@ async def test_server_killed_mid_session(
 
         # Back on the same port: the tools return without a restart of the service.
         own_mcp.start()
-        assert await wait_until(lambda: mcp_names(app) == MCP_TOOLS, within=10)
+        await eventually(lambda: mcp_names(app) == MCP_TOOLS, within=10, what="the MCP tools listed")
         openai_server.push(Reply.call("get_policy", {"topic": "privacy"}), Reply.say("We never sell data."))
         again = await (
             await client.post("/api/v1/chat", json={"session_id": "k", "message": "data?"})

@@ -14,11 +14,11 @@ from playwright.async_api import Browser, Page, Route, async_playwright, expect
 from msev15 import create_app
 from msev15.settings import Settings
 from tests.conftest import make_settings
+from tests.helpers import eventually, require_binary
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.servers import serve_on_loopback
-from tests.test_ws import eventually
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = require_binary("/usr/bin/chromium", "chromium")  # skips the module (fails it in CI) when absent
 ARTIFACTS = Path(__file__).parent / "artifacts"
 ARGS = [
     "--headless",
@@ -33,14 +33,11 @@ ARGS = [
 SLOW = " ".join(f"word{i}" for i in range(80))
 NO_WEBSOCKET = "Object.defineProperty(window, 'WebSocket', {value: undefined, configurable: true});"
 
-if not CHROMIUM.exists():
-    pytest.skip("Debian's chromium (/usr/bin/chromium) is not installed", allow_module_level=True)
-
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as pw:
-        found = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        found = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield found
         await found.close()
 

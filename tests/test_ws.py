@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from websockets.exceptions import InvalidStatus
 from msev15 import create_app
 from msev15.settings import Settings
 from tests.conftest import make_settings
+from tests.helpers import eventually
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.servers import serve_on_loopback
 
@@ -54,15 +55,6 @@ async def until_end(ws: ClientConnection) -> list[dict[str, Any]]:
         events.append(event)
         if event["type"] in {"done", "error"}:
             return events
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Poll a condition that the server reaches asynchronously (after a disconnect)."""
-    for _ in range(int(within / 0.02)):
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not reached within {within} s")
 
 
 def turn_tasks() -> list[asyncio.Task[Any]]:
