@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +73,33 @@ async def openai_server() -> AsyncIterator[ScriptedOpenAI]:
         yield server
 
 
+MakeModelSettings = Callable[..., Settings]
+
+
 @pytest.fixture
-def model_settings(tmp_path: Path, openai_server: ScriptedOpenAI) -> Settings:
+def make_model_settings(tmp_path: Path, openai_server: ScriptedOpenAI) -> MakeModelSettings:
+    """`(**overrides) -> Settings`: the real `openai` client pointed at the scripted server, plus overrides.
+
+    The one place the scripted-model settings are spelled out; `model_settings` is this with no overrides.
+    """
+
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "llm_provider": "auto",
+            "openai_base_url": openai_server.base_url,
+            "openai_api_key": "test-key",
+            "model_timeout_seconds": 2.0,
+            "model_max_retries": 2,
+        }
+        return make_settings(tmp_path, **{**base, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def model_settings(make_model_settings: MakeModelSettings) -> Settings:
     """Settings pointing the real `openai` client at the scripted server."""
-    return make_settings(
-        tmp_path,
-        llm_provider="auto",
-        openai_base_url=openai_server.base_url,
-        openai_api_key="test-key",
-        model_timeout_seconds=2.0,
-        model_max_retries=2,
-    )
+    return make_model_settings()
 
 
 @pytest.fixture

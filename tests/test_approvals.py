@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,7 +12,7 @@ from quart.typing import TestClientProtocol
 
 from msev15 import create_app
 from msev15.web.services import EXTENSION_KEY, Services
-from tests.conftest import make_settings, order_status
+from tests.conftest import MakeModelSettings, order_status
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.test_api import assert_error, sse_events
 
@@ -157,10 +156,10 @@ async def test_new_message_declines_pending(
     assert await order_status(model_app, "ORD-1001") == "pending"
 
 
-async def test_expired_approval_is_refused(tmp_path: Path, openai_server: ScriptedOpenAI) -> None:
-    settings = make_settings(
-        tmp_path, llm_provider="openai", openai_base_url=openai_server.base_url, approval_ttl_seconds=10
-    )
+async def test_expired_approval_is_refused(
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
+) -> None:
+    settings = make_model_settings(approval_ttl_seconds=10)
     app = create_app(settings)
     async with app.test_app():
         client = app.test_client()
@@ -221,10 +220,10 @@ async def test_invalid_arguments_are_refused_not_proposed(
     assert body["tool_calls"][0]["ok"] is False
 
 
-async def test_confirmation_off_runs_at_once(tmp_path: Path, openai_server: ScriptedOpenAI) -> None:
-    settings = make_settings(
-        tmp_path, llm_provider="openai", openai_base_url=openai_server.base_url, require_confirmation=False
-    )
+async def test_confirmation_off_runs_at_once(
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
+) -> None:
+    settings = make_model_settings(require_confirmation=False)
     app = create_app(settings)
     async with app.test_app():
         openai_server.push(Reply.call("cancel_order", CANCEL), Reply.say("Cancelled."))
@@ -309,11 +308,9 @@ async def test_approvals_over_the_websocket(
 
 
 async def test_pending_approval_survives_a_restart_with_the_sqlite_store(
-    tmp_path: Path, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
 ) -> None:
-    settings = make_settings(
-        tmp_path, llm_provider="openai", openai_base_url=openai_server.base_url, session_store="sqlite"
-    )
+    settings = make_model_settings(session_store="sqlite")
     first = create_app(settings)
     async with first.test_app():
         approval = (await propose(first.test_client(), openai_server))["approvals_required"][0]

@@ -23,7 +23,7 @@ from msev15.stores.orders import OrderRepository
 from msev15.stores.sessions.sqlite import SqliteSessionStore
 from msev15.tools.orders import order_tools
 from msev15.tools.registry import ToolContext, ToolRegistry
-from tests.conftest import make_settings
+from tests.conftest import MakeModelSettings, make_settings
 from tests.helpers import eventually, free_port
 from tests.openai_server import Reply, ScriptedOpenAI, running_openai_server
 
@@ -72,15 +72,10 @@ async def test_locked_database_gives_a_bounded_busy_refusal_then_works(tmp_path:
 
 
 async def test_locked_database_through_the_api_is_a_refusal_not_a_500(
-    tmp_path: Path, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        llm_provider="openai",
-        openai_base_url=openai_server.base_url,
-        model_timeout_seconds=5.0,
-        require_confirmation=False,
-        db_busy_timeout_ms=150,
+    settings = make_model_settings(
+        model_timeout_seconds=5.0, require_confirmation=False, db_busy_timeout_ms=150
     )
     app = create_app(settings)
     async with app.test_app() as test_app:
@@ -117,15 +112,9 @@ MODEL_FAULTS = {
 
 @pytest.mark.parametrize("fault", list(MODEL_FAULTS))
 async def test_model_fault_leaves_the_session_consistent(
-    tmp_path: Path, openai_server: ScriptedOpenAI, fault: str
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, fault: str
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        llm_provider="openai",
-        openai_base_url=openai_server.base_url,
-        model_timeout_seconds=0.3,
-        model_max_retries=1,
-    )
+    settings = make_model_settings(model_timeout_seconds=0.3, model_max_retries=1)
     app = create_app(settings)
     async with app.test_app() as test_app:
         client = test_app.test_client()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
 from msev15.agent.loop import INSTRUCTIONS
-from tests.conftest import make_settings
+from tests.conftest import MakeModelSettings
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.test_api import sse_events
 
@@ -19,12 +18,9 @@ ALICE = "alice@example.com"
 
 
 @asynccontextmanager
-async def limited(tmp_path: Path, server: ScriptedOpenAI, **limits: Any) -> AsyncIterator[TestClientProtocol]:
+async def limited(make_model_settings: MakeModelSettings, **limits: Any) -> AsyncIterator[TestClientProtocol]:
     """The app on the scripted model with some limits changed."""
-    settings = make_settings(
-        tmp_path, llm_provider="openai", openai_base_url=server.base_url, model_timeout_seconds=5.0, **limits
-    )
-    app = create_app(settings)
+    app = create_app(make_model_settings(model_timeout_seconds=5.0, **limits))
     async with app.test_app() as test_app:
         yield test_app.test_client()
 
@@ -35,10 +31,10 @@ async def chat(client: TestClientProtocol, session_id: str, message: str, **extr
 
 
 async def test_max_tool_rounds_stops_a_model_that_never_stops_calling_tools(
-    tmp_path: Path, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
 ) -> None:
     openai_server.push(Reply.call("get_current_time", times=-1))
-    async with limited(tmp_path, openai_server, max_tool_rounds=3) as client:
+    async with limited(make_model_settings, max_tool_rounds=3) as client:
         status, body = await chat(client, "r", "what time is it?")
     assert status == 200, body
     assert len(openai_server.requests) == 3
@@ -47,12 +43,12 @@ async def test_max_tool_rounds_stops_a_model_that_never_stops_calling_tools(
 
 
 async def test_tool_result_max_chars_clips_what_the_model_and_client_see(
-    tmp_path: Path, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
 ) -> None:
     openai_server.push(
         Reply.call("get_order", {"order_id": "ORD-1001", "customer_email": ALICE}), Reply.say("ok")
     )
-    async with limited(tmp_path, openai_server, tool_result_max_chars=200) as client:
+    async with limited(make_model_settings, tool_result_max_chars=200) as client:
         response = await client.post("/api/v1/chat/stream", json={"session_id": "c", "message": "ORD-1001?"})
         events = sse_events(await response.get_data())
     [result] = [e for e in events if e["type"] == "tool_result"]
@@ -64,11 +60,11 @@ async def test_tool_result_max_chars_clips_what_the_model_and_client_see(
 
 
 async def test_turn_timeout_stops_a_slow_model_and_keeps_the_session_usable(
-    tmp_path: Path, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
 ) -> None:
     # The first word comes at once, the whole answer would take 10 s: the limit cuts it after 2 s.
     openai_server.push(Reply.say("one two three four five six seven eight", delay=1.5))
-    async with limited(tmp_path, openai_server, turn_timeout_seconds=2.0) as client:
+    async with limited(make_model_settings, turn_timeout_seconds=2.0) as client:
         response = await client.post("/api/v1/chat/stream", json={"session_id": "t", "message": "slowly"})
         events = sse_events(await response.get_data())
         assert events[-1]["type"] == "error" and events[-1]["code"] == "unavailable"
@@ -87,10 +83,10 @@ async def test_turn_timeout_stops_a_slow_model_and_keeps_the_session_usable(
 
 
 async def test_model_context_chars_drops_the_oldest_turns_and_keeps_the_instructions(
-    tmp_path: Path, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
 ) -> None:
     budget = len(INSTRUCTIONS) + 2000
-    async with limited(tmp_path, openai_server, model_context_chars=budget) as client:
+    async with limited(make_model_settings, model_context_chars=budget) as client:
         for n in range(8):  # the echo model answers with the question: about 600 characters a turn
             status, _ = await chat(client, "h", f"turn {n} " + "x" * 290)
             assert status == 200
@@ -104,9 +100,9 @@ async def test_model_context_chars_drops_the_oldest_turns_and_keeps_the_instruct
 
 
 async def test_max_sessions_per_tenant_refuses_a_new_session_plainly(
-    tmp_path: Path, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings,
 ) -> None:
-    async with limited(tmp_path, openai_server, max_sessions_per_tenant=2) as client:
+    async with limited(make_model_settings, max_sessions_per_tenant=2) as client:
         assert (await chat(client, "one", "hi"))[0] == 200
         assert (await chat(client, "two", "hi"))[0] == 200
         status, body = await chat(client, "three", "hi")
@@ -117,10 +113,8 @@ async def test_max_sessions_per_tenant_refuses_a_new_session_plainly(
         assert (await chat(client, "three", "another tenant has room", tenant_id="other"))[0] == 200
 
 
-async def test_max_messages_per_session_keeps_the_newest(
-    tmp_path: Path, openai_server: ScriptedOpenAI
-) -> None:
-    async with limited(tmp_path, openai_server, max_messages_per_session=4) as client:
+async def test_max_messages_per_session_keeps_the_newest(make_model_settings: MakeModelSettings) -> None:
+    async with limited(make_model_settings, max_messages_per_session=4) as client:
         for n in range(3):
             status, body = await chat(client, "m", f"q{n}")
             assert status == 200

@@ -21,7 +21,7 @@ from msev15.settings import Settings
 from msev15.stores.orders import OrderRepository
 from msev15.tools.mail import mail_tools
 from msev15.tools.registry import ToolRegistry
-from tests.conftest import make_settings
+from tests.conftest import MakeModelSettings, make_settings
 from tests.helpers import free_port
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.smtp_server import RecordingSMTP, running_smtp_server
@@ -43,9 +43,13 @@ async def repo(tmp_path: Path) -> AsyncIterator[OrderRepository]:
     await opened.close()
 
 
+def smtp_options(port: int) -> dict[str, Any]:
+    """The SMTP server on 127.0.0.1:`port`, plain (no STARTTLS) unless a test says otherwise."""
+    return {"smtp_server": "127.0.0.1", "smtp_port": port, "smtp_use_tls": False}
+
+
 def smtp_settings(tmp_path: Path, port: int, **extra: Any) -> Settings:
-    options: dict[str, Any] = {"smtp_use_tls": False, **extra}
-    return make_settings(tmp_path, smtp_server="127.0.0.1", smtp_port=port, **options)
+    return make_settings(tmp_path, **{**smtp_options(port), **extra})
 
 
 @pytest.fixture
@@ -344,17 +348,9 @@ async def test_starttls_with_a_verified_certificate_then_login(
 
 
 async def test_app_reports_smtp_and_sends_confirmations(
-    tmp_path: Path, smtp: RecordingSMTP, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings, smtp: RecordingSMTP, openai_server: ScriptedOpenAI
 ) -> None:
-    settings = smtp_settings(
-        tmp_path,
-        smtp.port,
-        llm_provider="auto",
-        openai_base_url=openai_server.base_url,
-        openai_api_key="test-key",
-        model_timeout_seconds=2.0,
-        require_confirmation=False,
-    )
+    settings = make_model_settings(**smtp_options(smtp.port), require_confirmation=False)
     openai_server.push(
         Reply.call("send_order_confirmation", {"order_id": "ORD-1001", "customer_email": ALICE}),
         Reply.say("sent"),

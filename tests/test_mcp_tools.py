@@ -19,7 +19,7 @@ from msev15.settings import Settings
 from msev15.tools.mcp import SOURCE, McpToolProvider
 from msev15.tools.registry import Tool, ToolArgs, ToolContext, ToolRegistry
 from msev15.web.services import EXTENSION_KEY, Services
-from tests.conftest import make_settings
+from tests.conftest import MakeModelSettings, make_settings
 from tests.helpers import eventually, free_port
 from tests.mcp_fixtures import McpProcess, make_orders_db, running_mcp
 from tests.openai_server import Reply, ScriptedOpenAI
@@ -76,12 +76,12 @@ async def readiness(client: TestClientProtocol) -> tuple[int, dict[str, Any]]:
 
 
 async def test_agent_lists_and_calls_mcp_tools(
-    model_settings: Settings, openai_server: ScriptedOpenAI, shared_mcp: McpProcess
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, shared_mcp: McpProcess
 ) -> None:
     openai_server.push(
         Reply.call("get_policy", {"topic": "returns"}), Reply.say("You can return items within 30 days.")
     )
-    async with running_app(model_settings.model_copy(update={"mcp_server_url": shared_mcp.url})) as app:
+    async with running_app(make_model_settings(mcp_server_url=shared_mcp.url)) as app:
         assert mcp_names(app) == MCP_TOOLS  # registered before the app serves
         client = app.test_client()
         response = await client.post("/api/v1/chat/stream", json={"session_id": "p", "message": "returns?"})
@@ -108,10 +108,10 @@ async def test_agent_lists_and_calls_mcp_tools(
 
 
 async def test_remote_refusal_becomes_ok_false(
-    model_settings: Settings, openai_server: ScriptedOpenAI, shared_mcp: McpProcess
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, shared_mcp: McpProcess
 ) -> None:
     openai_server.push(Reply.call("get_product", {"sku": "NOPE-1"}), Reply.say("We do not have that one."))
-    async with running_app(model_settings.model_copy(update={"mcp_server_url": shared_mcp.url})) as app:
+    async with running_app(make_model_settings(mcp_server_url=shared_mcp.url)) as app:
         body = await (
             await app.test_client().post("/api/v1/chat", json={"session_id": "n", "message": "NOPE-1?"})
         ).get_json()
@@ -144,9 +144,9 @@ async def test_server_absent_at_start_then_started(
 
 
 async def test_server_killed_mid_session(
-    model_settings: Settings, openai_server: ScriptedOpenAI, own_mcp: McpProcess
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, own_mcp: McpProcess
 ) -> None:
-    async with running_app(model_settings.model_copy(update={"mcp_server_url": own_mcp.url})) as app:
+    async with running_app(make_model_settings(mcp_server_url=own_mcp.url)) as app:
         client = app.test_client()
         openai_server.push(Reply.call("get_policy", {"topic": "shipping"}), Reply.say("3-5 days."))
         first = await (

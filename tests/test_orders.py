@@ -16,7 +16,7 @@ from msev15.stores.demo_data import Product
 from msev15.stores.orders import SCHEMA_VERSION, OrderError, OrderRepository
 from msev15.tools.orders import order_tools
 from msev15.tools.registry import ToolContext, ToolRegistry, ToolResult
-from tests.conftest import make_settings
+from tests.conftest import MakeModelSettings
 from tests.openai_server import Reply, ScriptedOpenAI
 
 ALICE = "alice@example.com"
@@ -454,16 +454,9 @@ async def test_a_cancelled_order_cannot_be_returned(registry: ToolRegistry, repo
 
 
 async def test_a_model_tool_call_over_http_cancels_the_order(
-    tmp_path: Path, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        llm_provider="auto",
-        openai_base_url=openai_server.base_url,
-        openai_api_key="test-key",
-        model_timeout_seconds=2.0,
-        require_confirmation=False,
-    )
+    settings = make_model_settings(require_confirmation=False)
     openai_server.push(
         Reply.call(
             "cancel_order", {"order_id": "ORD-1001", "customer_email": ALICE, "reason": "changed my mind"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from msev15 import create_app
-from tests.conftest import make_settings
+from tests.conftest import MakeModelSettings, make_settings
 from tests.helpers import eventually
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.redis_server import RedisServer
@@ -35,12 +36,18 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @contextlib.asynccontextmanager
-async def instances(tmp_path: Path, count: int, **overrides: Any) -> AsyncIterator[list[httpx.AsyncClient]]:
-    """`count` service instances on their own ports (same settings), each with an HTTP client."""
+async def instances(
+    tmp_path: Path, count: int, *, make: MakeModelSettings | None = None, **overrides: Any
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """`count` service instances on their own ports (same settings), each with an HTTP client.
+
+    Offline-model settings in tmp_path, or `make`'s (e.g. `make_model_settings`), with `overrides`.
+    """
+    build = make or functools.partial(make_settings, tmp_path)
     async with contextlib.AsyncExitStack() as stack:
         clients = []
         for _ in range(count):
-            app = create_app(make_settings(tmp_path, **overrides))
+            app = create_app(build(**overrides))
             port = await stack.enter_async_context(serve_on_loopback(app))
             client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15)
             clients.append(await stack.enter_async_context(client))
@@ -90,12 +97,15 @@ async def test_conversation_moves_between_instances(tmp_path: Path, redis_server
 
 
 async def test_concurrent_turns_across_instances_stay_ordered(
-    tmp_path: Path, redis_server: RedisServer, openai_server: ScriptedOpenAI
+    tmp_path: Path,
+    redis_server: RedisServer,
+    openai_server: ScriptedOpenAI,
+    make_model_settings: MakeModelSettings,
 ) -> None:
     """Each turn must see every earlier turn: the model is asked with 0, 1, 2, ... earlier turns."""
     openai_server.push(Reply.say("one two three four five", delay=0.02, times=-1))
-    model = {"llm_provider": "openai", "openai_base_url": openai_server.base_url, "openai_api_key": "k"}
-    async with instances(tmp_path, 2, session_store="redis", redis_url=redis_server.url, **model) as (a, b):
+    redis = {"session_store": "redis", "redis_url": redis_server.url}
+    async with instances(tmp_path, 2, make=make_model_settings, **redis) as (a, b):
         turns = 6
         replies = await asyncio.gather(*(chat((a, b)[i % 2], f"question {i}") for i in range(turns)))
         assert [r.status_code for r in replies] == [200] * turns, [r.text for r in replies]

@@ -13,7 +13,7 @@ from quart.typing import TestClientProtocol
 
 from msev15 import create_app
 from msev15.web.services import EXTENSION_KEY, Services
-from tests.conftest import make_settings, order_status
+from tests.conftest import MakeModelSettings, make_settings, order_status
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.test_api import assert_error
 
@@ -23,11 +23,8 @@ B = {"X-API-Key": "key-b"}
 
 
 @pytest.fixture
-async def keyed(tmp_path: Path, openai_server: ScriptedOpenAI) -> AsyncIterator[Quart]:
-    settings = make_settings(
-        tmp_path, api_keys=KEYS, llm_provider="openai", openai_base_url=openai_server.base_url
-    )
-    app = create_app(settings)
+async def keyed(make_model_settings: MakeModelSettings) -> AsyncIterator[Quart]:
+    app = create_app(make_model_settings(api_keys=KEYS))
     async with app.test_app():
         yield app
 
@@ -125,12 +122,9 @@ async def test_forwarded_for_believed_only_from_trusted_proxies(tmp_path: Path) 
 
 
 @pytest.fixture
-async def unconfirmed(tmp_path: Path, openai_server: ScriptedOpenAI) -> AsyncIterator[Quart]:
+async def unconfirmed(make_model_settings: MakeModelSettings) -> AsyncIterator[Quart]:
     """Confirmation off, so the tools themselves must refuse what the model attempts."""
-    settings = make_settings(
-        tmp_path, llm_provider="openai", openai_base_url=openai_server.base_url, require_confirmation=False
-    )
-    app = create_app(settings)
+    app = create_app(make_model_settings(require_confirmation=False))
     async with app.test_app():
         yield app
 
