@@ -10,7 +10,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast, overload
 
 import pytest
 
@@ -36,6 +36,14 @@ def _gave_up(what: str, within: float, tries: int, last: object, error: Assertio
     raise AssertionError(f"{subject} not reached within {within:g} s ({tries} tries; {seen})") from error
 
 
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T]], *, within: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+@overload
+async def eventually(
+    check: Callable[[], T], *, within: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
 async def eventually(
     check: Callable[[], Awaitable[T] | T], *, within: float = 5.0, interval: float = 0.02, what: str = ""
 ) -> T:

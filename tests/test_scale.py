@@ -141,11 +141,11 @@ async def test_redis_restart_is_a_clear_error_then_recovers(
 
         await asyncio.to_thread(redis_server.start)
 
-        async def ready() -> bool:
+        async def recovered() -> bool:
             return (await b.get("/health/readiness")).status_code == 200
 
         # Pooled connections to the old process fail once, then reconnect.
-        await eventually(ready, within=5, interval=0.1, what="readiness recovering after Redis came back")
+        await eventually(recovered, within=5, interval=0.1, what="readiness recovering after Redis came back")
         again = await chat(b, "Back again")
         assert again.status_code == 200, again.text
         assert again.json()["message_count"] == 4
