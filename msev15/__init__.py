@@ -15,7 +15,7 @@ from msev15.agent.model import ModelClient
 from msev15.logs import banner, configure_logging
 from msev15.settings import ROOT, VERSION, Settings, load_settings
 from msev15.stores.sessions import SessionStore
-from msev15.web import chat, health, page, ws
+from msev15.web import chat, health, issuing, page, ws
 from msev15.web import sessions as session_routes
 from msev15.web.context import install_request_context
 from msev15.web.cors import install_cors
@@ -77,7 +77,7 @@ def create_app(
     register_error_handlers(app)
     install_request_context(app)
     install_rate_limits(app, settings)  # after the request id exists, so a 429 carries it
-    for module in (chat, session_routes, health, page, ws):
+    for module in (chat, session_routes, issuing, health, page, ws):
         app.register_blueprint(module.routes)
     if settings.enable_cors:
         install_cors(app, settings.cors_origin_list)

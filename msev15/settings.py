@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     enable_rate_limiting: bool = True
     rate_limit_per_minute: int = Field(120, ge=1, le=1_000_000)
 
+    # End users
+    client_token_secret: SecretStr | None = None
+    client_token_ttl_seconds: int = Field(86_400, ge=60, le=604_800)
+    public_chat: bool | None = None  # None: on exactly when API_KEYS is unset
+    public_chat_tenant: str = Field("default", pattern=r"^[A-Za-z0-9._:@-]{1,255}$")
+    frame_ancestors: str = "'self'"
+
     # Model
     llm_provider: Literal["auto", "offline", "openai", "azure"] = "auto"
     openai_base_url: str | None = None
@@ -107,10 +114,32 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
-    @field_validator("api_keys", "openai_api_key", "azure_openai_api_key", "sender_password", mode="before")
+    @field_validator(
+        "api_keys",
+        "openai_api_key",
+        "azure_openai_api_key",
+        "sender_password",
+        "client_token_secret",
+        "public_chat",
+        mode="before",
+    )
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("client_token_secret")
+    @classmethod
+    def _secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (HS256 keys shorter than the hash are guessable)")
+        return value
+
+    @field_validator("frame_ancestors")
+    @classmethod
+    def _one_header_line(cls, value: str) -> str:
+        if any(ch in value for ch in "\r\n;,"):
+            raise ValueError("must be CSP source expressions separated by spaces")
+        return value.strip() or "'self'"
 
     @field_validator("api_keys")
     @classmethod
@@ -137,6 +166,16 @@ class Settings(BaseSettings):
     def api_key_map(self) -> dict[str, str]:
         """API key -> tenant; empty means auth is off."""
         return parse_api_keys(self.api_keys.get_secret_value()) if self.api_keys else {}
+
+    @property
+    def public_chat_enabled(self) -> bool:
+        """Anonymous visitors may get a token: by default exactly when no API keys are configured."""
+        return self.public_chat if self.public_chat is not None else self.api_keys is None
+
+    @property
+    def token_secret_path(self) -> Path:
+        """Where the per-host client-token secret is kept when CLIENT_TOKEN_SECRET is unset."""
+        return self.order_db_path.parent / "client_token_secret"
 
     @property
     def allowed_recipient_patterns(self) -> list[str]:

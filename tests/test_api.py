@@ -216,6 +216,7 @@ async def test_sessions_list_history_delete(model_client: TestClientProtocol) ->
     assert set(listing["sessions"][0]) == {
         "session_id",
         "tenant_id",
+        "user_id",
         "message_count",
         "created_at",
         "last_activity",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from msev15.principal import ANY_USER, Principal, UserScope
+
 
 @dataclass(frozen=True, slots=True)
 class TokenEvent:
@@ -94,3 +96,9 @@ class Turn:
     request_id: str
     message: str | None
     approvals: tuple[ApprovalAnswer, ...] = ()
+    principal: Principal | None = None  # None: the tenant itself (tests, tools run by the shop)
+
+    @property
+    def scope(self) -> UserScope:
+        """The sessions this turn may see and write: its end user's, or the whole tenant's."""
+        return self.principal.scope if self.principal is not None else ANY_USER

@@ -23,7 +23,15 @@ from msev15.agent.events import (
 )
 from msev15.agent.model import ModelClient, ModelUnavailable, TextDelta, ToolCallRequest
 from msev15.jsonio import dumps
-from msev15.stores.sessions import Message, Session, SessionLimitError, SessionStore, SessionStoreUnavailable
+from msev15.principal import ANY_USER
+from msev15.stores.sessions import (
+    Message,
+    Session,
+    SessionLimitError,
+    SessionOwnedElsewhere,
+    SessionStore,
+    SessionStoreUnavailable,
+)
 from msev15.tools.registry import ToolContext, ToolError, ToolRegistry, ToolResult, parse_arguments
 
 log = logging.getLogger(__name__)
@@ -107,12 +115,22 @@ class Agent:
         self.decisions = decisions
 
     async def precheck(self, turn: Turn) -> None:
-        """Reject bad approval answers before a stream starts (they are re-checked under the lock)."""
-        if not turn.approvals:
-            return
-        session = await self.sessions.get(turn.tenant_id, turn.session_id)
-        book = ApprovalBook(session.metadata if session else {})
-        book.take([(a.id, a.approve) for a in turn.approvals], time.time())
+        """Refuse before a stream starts: another user's session, bad approval answers (both are
+        checked again under the lock)."""
+        if not turn.approvals and turn.scope is ANY_USER:
+            return  # nothing to refuse early; no store read on the hot path
+        session = await self._session(turn)
+        if turn.approvals:
+            book = ApprovalBook(session.metadata if session else {})
+            book.take([(a.id, a.approve) for a in turn.approvals], time.time())
+
+    async def _session(self, turn: Turn) -> Session | None:
+        """The turn's session as its caller may see it; SessionOwnedElsewhere when it is someone else's."""
+        session = await self.sessions.get(turn.tenant_id, turn.session_id, turn.scope)
+        if session is None and turn.scope is not ANY_USER:
+            if await self.sessions.get(turn.tenant_id, turn.session_id) is not None:
+                raise SessionOwnedElsewhere(turn.session_id)
+        return session
 
     async def run(self, turn: Turn) -> AsyncIterator[Event]:
         """One turn as events, ending with exactly one `done` or `error`."""
@@ -134,12 +152,23 @@ class Agent:
 
     async def _run(self, turn: Turn) -> AsyncGenerator[Event, None]:
         async with self.sessions.lock(turn.tenant_id, turn.session_id):
-            session = await self.sessions.get(turn.tenant_id, turn.session_id)
+            try:
+                session = await self._session(turn)
+            except SessionOwnedElsewhere:  # changes nothing, and says no more than "not found"
+                yield ErrorEvent(f"session {turn.session_id!r} was not found", "not_found")
+                return
             metadata = dict(session.metadata) if session else {}
             now = time.time()
+            who = turn.principal
             cx = _Context(
                 turn,
-                ToolContext(turn.tenant_id, turn.session_id, turn.request_id),
+                ToolContext(
+                    turn.tenant_id,
+                    turn.session_id,
+                    turn.request_id,
+                    who.user_id if who else None,
+                    who.verified_email if who else None,
+                ),
                 session,
                 Message("user", turn.message, now) if turn.message is not None else None,
                 ApprovalBook(metadata),
@@ -175,6 +204,9 @@ class Agent:
             except SessionLimitError as exc:
                 stored = True
                 yield ErrorEvent(str(exc), "validation_error")
+            except SessionOwnedElsewhere:  # taken by another user while this turn ran: keep nothing
+                stored = True
+                yield ErrorEvent(f"session {turn.session_id!r} was not found", "not_found")
             except SessionStoreUnavailable as exc:
                 log.warning("session store unavailable: %s", exc)
                 stored = True  # nowhere to keep a partial turn
@@ -192,7 +224,9 @@ class Agent:
         if cx.turn.approvals:
             taken = cx.book.take([(a.id, a.approve) for a in cx.turn.approvals], time.time())
             # Persist the removal before acting, so a repeated answer can never run the action again.
-            await self.sessions.save_turn(cx.turn.tenant_id, cx.turn.session_id, [], metadata=cx.metadata())
+            await self.sessions.save_turn(
+                cx.turn.tenant_id, cx.turn.session_id, [], metadata=cx.metadata(), user=cx.turn.scope
+            )
         elif cx.user is not None and cx.book.pending:
             taken = [(p, False) for p in cx.book.take_all()]
         else:
@@ -316,7 +350,7 @@ class Agent:
                 Message("assistant", cx.state.answer, time.time(), cx.state.tool_calls or None, interrupted)
             )
         return await self.sessions.save_turn(
-            cx.turn.tenant_id, cx.turn.session_id, messages, metadata=cx.metadata()
+            cx.turn.tenant_id, cx.turn.session_id, messages, metadata=cx.metadata(), user=cx.turn.scope
         )
 
     async def _save_partial(self, cx: _Context) -> bool:

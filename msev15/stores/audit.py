@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,8 @@ class CallScope(Protocol):
     def session_id(self) -> str: ...
     @property
     def request_id(self) -> str: ...
+    @property
+    def user_id(self) -> str | None: ...
 
 
 class CallOutcome(Protocol):
@@ -47,7 +50,8 @@ CREATE TABLE IF NOT EXISTS audit_events (
     ok INTEGER,
     error TEXT,
     duration_ms REAL,
-    decision TEXT
+    decision TEXT,
+    user_id TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_tenant_id ON audit_events (tenant_id, id);
 CREATE INDEX IF NOT EXISTS audit_tenant_session_id ON audit_events (tenant_id, session_id, id);
@@ -82,6 +86,7 @@ class AuditLog:
         db = await sqlitedb.connect(path, busy_timeout_ms)
         try:
             await db.executescript(_SCHEMA)
+            await _add_user_column(db)
         except BaseException:
             await db.close()
             raise
@@ -94,7 +99,7 @@ class AuditLog:
         async with self._write:
             await self._db.execute(
                 "INSERT INTO audit_events (tenant_id, session_id, request_id, at, tool, arguments, ok, error,"
-                " duration_ms, decision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " duration_ms, decision, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     ctx.tenant_id,
                     ctx.session_id,
@@ -106,6 +111,7 @@ class AuditLog:
                     fields.get("error"),
                     fields.get("duration_ms"),
                     fields.get("decision"),
+                    ctx.user_id,
                 ),
             )
             await self._db.commit()
@@ -121,15 +127,23 @@ class AuditLog:
         await self._insert(ctx, name, arguments, decision=decision)
 
     async def events(
-        self, tenant_id: str, session_id: str | None = None, limit: int = 50, before: int | None = None
+        self,
+        tenant_id: str,
+        session_id: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+        user_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], int | None]:
         """Newest first; returns the page and the cursor for the next one (None at the end)."""
-        sql = "SELECT id, at, session_id, request_id, tool, arguments, ok, error, duration_ms, decision"
-        sql += " FROM audit_events WHERE tenant_id = ?"
+        sql = "SELECT id, at, session_id, request_id, tool, arguments, ok, error, duration_ms, decision,"
+        sql += " user_id FROM audit_events WHERE tenant_id = ?"
         params: list[Any] = [tenant_id]
         if session_id is not None:
             sql += " AND session_id = ?"
             params.append(session_id)
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(user_id)
         if before is not None:
             sql += " AND id < ?"
             params.append(before)
@@ -155,6 +169,7 @@ class AuditLog:
                 event["duration_ms"] = row[8]
             if row[9] is not None:
                 event["decision"] = row[9]
+            event["user_id"] = row[10]
             events.append(event)
         return events, (rows[-1][0] if more else None)
 
@@ -162,3 +177,15 @@ class AuditLog:
         async with self._db.execute("SELECT 1") as cursor:
             await cursor.fetchone()
         return "ok"
+
+
+async def _add_user_column(db: aiosqlite.Connection) -> None:
+    """Rows written before end users existed keep a NULL user; a worker losing the race goes on."""
+    async with db.execute("PRAGMA table_info(audit_events)") as cursor:
+        if "user_id" in {row[1] for row in await cursor.fetchall()}:
+            return
+    try:
+        await db.execute("ALTER TABLE audit_events ADD COLUMN user_id TEXT")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc).lower():
+            raise

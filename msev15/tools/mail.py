@@ -9,13 +9,13 @@ from pydantic import Field, field_validator
 from msev15.mail.sender import Mailer, QueuedMail, recipient_allowed, render_confirmation, render_message
 from msev15.stores.order_rules import OrderError
 from msev15.stores.orders import OrderRepository
-from msev15.tools.orders import CustomerEmail, EmailAddress, OrderId
+from msev15.tools.orders import CustomerEmail, EmailAddress, OrderId, owner_email
 from msev15.tools.registry import Tool, ToolArgs, ToolContext, ToolError
 
 
 class SendOrderConfirmationArgs(ToolArgs):
     order_id: OrderId
-    customer_email: CustomerEmail
+    customer_email: CustomerEmail = None
 
 
 class SendEmailArgs(ToolArgs):
@@ -43,12 +43,17 @@ def mail_tools(mailer: Mailer, repo: OrderRepository) -> list[Tool]:
     """The email tools; recipients are checked against this tenant's customers and the allow-list."""
 
     async def send_order_confirmation(args: SendOrderConfirmationArgs, ctx: ToolContext) -> dict[str, Any]:
-        order = await repo.get_order(ctx.tenant_id, args.order_id, args.customer_email)
+        email = owner_email(ctx, args.customer_email, args.order_id)
+        order = await repo.get_order(ctx.tenant_id, args.order_id, email)
         content = render_confirmation(order, mailer.settings.sender_name)
         mail = await mailer.enqueue(ctx.tenant_id, order["customer_email"], content)
         return {"order_id": order["order_id"], **_outcome(mail)}
 
     async def may_send_to(args: SendEmailArgs, ctx: ToolContext) -> None:
+        if ctx.verified_email is not None:  # a verified customer's chat mails that customer only
+            if args.to != ctx.verified_email:
+                raise ToolError(f"I can only send email to your own verified address, {ctx.verified_email}")
+            return
         patterns = mailer.settings.allowed_recipient_patterns
         if not (recipient_allowed(args.to, patterns) or await repo.is_customer(ctx.tenant_id, args.to)):
             raise ToolError(

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
-from msev15.stores.order_rules import MAX_QUANTITY, OrderError
+from msev15.stores.order_rules import MAX_QUANTITY, OrderError, not_found
 from msev15.stores.orders import ORDER_PREFIX, OrderRepository
-from msev15.tools.registry import Precheck, Tool, ToolArgs, ToolContext
+from msev15.tools.registry import Precheck, Tool, ToolArgs, ToolContext, ToolError
 
 _EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _ORDER_ID_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,31}$")
@@ -46,9 +46,13 @@ OrderId = Annotated[
     AfterValidator(_order_id),
 ]
 CustomerEmail = Annotated[
-    EmailAddress,
-    Field(description="The email address the customer gave; it must own the order."),
+    EmailAddress | None,
+    Field(
+        description="The email address the customer gave; it must own the order."
+        " Leave it out when the customer's email is already verified."
+    ),
 ]
+NEED_EMAIL = "I need the email address that owns the order; please ask the customer for it"
 Reason = Annotated[
     str,
     Field(max_length=500, description="Why, in the customer's own words (optional)."),
@@ -56,12 +60,12 @@ Reason = Annotated[
 
 
 class FindCustomerOrdersArgs(ToolArgs):
-    customer_email: CustomerEmail
+    customer_email: CustomerEmail = None
 
 
 class GetOrderArgs(ToolArgs):
     order_id: OrderId
-    customer_email: CustomerEmail
+    customer_email: CustomerEmail = None
 
 
 class OrderItem(ToolArgs):
@@ -74,7 +78,11 @@ class OrderItem(ToolArgs):
 
 
 class CreateOrderArgs(ToolArgs):
-    customer_email: EmailAddress = Field(description="The customer's email address; confirmations go there.")
+    customer_email: EmailAddress | None = Field(
+        None,
+        description="The customer's email address; confirmations go there. Leave it out when the"
+        " customer's email is already verified.",
+    )
     customer_name: str = Field(min_length=1, max_length=200, description="The customer's full name.")
     items: list[OrderItem] = Field(
         min_length=1, max_length=20, description="The products to order: one entry per SKU with its quantity."
@@ -86,7 +94,7 @@ class CreateOrderArgs(ToolArgs):
 
 class UpdateShippingAddressArgs(ToolArgs):
     order_id: OrderId
-    customer_email: CustomerEmail
+    customer_email: CustomerEmail = None
     shipping_address: str = Field(
         min_length=5,
         max_length=500,
@@ -96,14 +104,41 @@ class UpdateShippingAddressArgs(ToolArgs):
 
 class CancelOrderArgs(ToolArgs):
     order_id: OrderId
-    customer_email: CustomerEmail
+    customer_email: CustomerEmail = None
     reason: Reason = ""
 
 
 class RequestReturnArgs(ToolArgs):
     order_id: OrderId
-    customer_email: CustomerEmail
+    customer_email: CustomerEmail = None
     reason: Reason = ""
+
+
+def owner_email(ctx: ToolContext, given: str | None, order_id: str) -> str:
+    """The email a call on `order_id` acts for: the verified one, whatever the model sent.
+
+    Under a verified email another customer's order reads exactly as an absent one.
+    """
+    verified = ctx.verified_email
+    if verified is None:
+        if given is None:
+            raise ToolError(NEED_EMAIL)
+        return given
+    if given is not None and given != verified:
+        raise not_found(order_id)
+    return verified
+
+
+def buyer_email(ctx: ToolContext, given: str | None) -> str:
+    """Who a new order is for: a verified customer orders only for themselves."""
+    verified = ctx.verified_email
+    if verified is None:
+        if given is None:
+            raise ToolError("I need the customer's email address for the order")
+        return given
+    if given is not None and given != verified:
+        raise ToolError(f"orders can only be placed for your verified email address, {verified}")
+    return verified
 
 
 _ChangeArgs = CancelOrderArgs | RequestReturnArgs | UpdateShippingAddressArgs
@@ -120,40 +155,50 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
     # Long by design: a table of six declarations, each tool's facts side by side with its handler.
 
     async def find_customer_orders(args: FindCustomerOrdersArgs, ctx: ToolContext) -> dict[str, Any]:
-        orders = await repo.find_customer_orders(ctx.tenant_id, args.customer_email)
-        return {"customer_email": args.customer_email, "orders": orders, "count": len(orders)}
+        email = args.customer_email
+        if ctx.verified_email is not None and email not in (None, ctx.verified_email):
+            return {"customer_email": email, "orders": [], "count": 0}  # as for an unknown email
+        email = email or ctx.verified_email
+        if email is None:
+            raise ToolError(NEED_EMAIL)
+        orders = await repo.find_customer_orders(ctx.tenant_id, email)
+        return {"customer_email": email, "orders": orders, "count": len(orders)}
 
     async def get_order(args: GetOrderArgs, ctx: ToolContext) -> dict[str, Any]:
-        return await repo.get_order(ctx.tenant_id, args.order_id, args.customer_email)
+        email = owner_email(ctx, args.customer_email, args.order_id)
+        return await repo.get_order(ctx.tenant_id, args.order_id, email)
 
     async def create_order(args: CreateOrderArgs, ctx: ToolContext) -> dict[str, Any]:
         return await repo.create_order(
             ctx.tenant_id,
-            args.customer_email,
+            buyer_email(ctx, args.customer_email),
             args.customer_name,
             [(item.sku, item.quantity) for item in args.items],
             args.shipping_address,
         )
 
     async def can_create_order(args: CreateOrderArgs, ctx: ToolContext) -> None:
+        buyer_email(ctx, args.customer_email)
         await repo.check_items(ctx.tenant_id, [(item.sku, item.quantity) for item in args.items])
 
     async def update_shipping_address(args: UpdateShippingAddressArgs, ctx: ToolContext) -> dict[str, Any]:
-        return await repo.update_shipping_address(
-            ctx.tenant_id, args.order_id, args.customer_email, args.shipping_address
-        )
+        email = owner_email(ctx, args.customer_email, args.order_id)
+        return await repo.update_shipping_address(ctx.tenant_id, args.order_id, email, args.shipping_address)
 
     async def cancel_order(args: CancelOrderArgs, ctx: ToolContext) -> dict[str, Any]:
-        return await repo.cancel_order(ctx.tenant_id, args.order_id, args.customer_email, args.reason)
+        email = owner_email(ctx, args.customer_email, args.order_id)
+        return await repo.cancel_order(ctx.tenant_id, args.order_id, email, args.reason)
 
     async def request_return(args: RequestReturnArgs, ctx: ToolContext) -> dict[str, Any]:
-        return await repo.request_return(ctx.tenant_id, args.order_id, args.customer_email, args.reason)
+        email = owner_email(ctx, args.customer_email, args.order_id)
+        return await repo.request_return(ctx.tenant_id, args.order_id, email, args.reason)
 
     def can_change(change: str) -> Precheck:
         async def precheck(
             args: CancelOrderArgs | RequestReturnArgs | UpdateShippingAddressArgs, ctx: ToolContext
         ) -> None:
-            await repo.check_change(ctx.tenant_id, args.order_id, args.customer_email, change)
+            email = owner_email(ctx, args.customer_email, args.order_id)
+            await repo.check_change(ctx.tenant_id, args.order_id, email, change)
 
         return precheck
 
@@ -182,7 +227,8 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
             create_order,
             consequential=True,
             summary=lambda a: (
-                f"Place an order for {a.get('customer_name')} ({a.get('customer_email')}): "
+                f"Place an order for {a.get('customer_name')}"
+                f" ({a.get('customer_email') or 'your verified email'}): "
                 f"{_items(a.get('items'))}, shipped to {a.get('shipping_address')}"
             ),
             precheck=can_create_order,

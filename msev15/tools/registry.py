@@ -26,11 +26,13 @@ class RetryableToolError(ToolError):
 
 @dataclass(frozen=True, slots=True)
 class ToolContext:
-    """Who is asking: the tenant always comes from here, never from the model."""
+    """Who is asking: the tenant (and a verified email) always come from here, never from the model."""
 
     tenant_id: str
     session_id: str
     request_id: str
+    user_id: str | None = None
+    verified_email: str | None = None  # the shop verified it: order and email tools act for it alone
 
 
 @dataclass(frozen=True, slots=True)

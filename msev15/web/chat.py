@@ -18,14 +18,14 @@ from msev15.agent.events import (
     event_dict,
 )
 from msev15.jsonio import dumpb, iso, utcnow
-from msev15.web.auth import require_api_key
+from msev15.web.auth import require_credentials
 from msev15.web.errors import AppError, BadRequest, Unavailable, json_response
 from msev15.web.schemas import ChatRequest, ChatResponse, ErrorResponse, json_body
 from msev15.web.services import services
 from msev15.web.turns import precheck, stream_events, turn_from
 
 routes = Blueprint("chat", __name__, url_prefix="/api/v1")
-routes.before_request(require_api_key)
+routes.before_request(require_credentials)
 
 _ERRORS: dict[str, type[AppError]] = {"validation_error": BadRequest, "unavailable": Unavailable}
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
 from quart import Quart, Response, g, request, websocket
 from quart.globals import websocket_ctx
+from werkzeug.exceptions import HTTPException
 
 from msev15.logs import client_ip_var, request_id_var, session_id_var, tenant_id_var
 from msev15.web.auth import client_ip
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_DRAIN_SECONDS = 2.0
 
 
 def install_request_context(app: Quart) -> None:
@@ -32,4 +35,24 @@ def install_request_context(app: Quart) -> None:
     @app.after_request
     async def _stamp(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        if response.status_code >= 400:
+            await _settle_body(response)
         return response
+
+
+async def _settle_body(response: Response) -> None:
+    """A refusal sent before the body was read (401, 403, 413, 429...) must leave the keep-alive
+    connection usable: read what is left of a small body, or tell the client to reconnect."""
+    if request.content_length == 0 or (request.content_length is None and not _chunked()):
+        return
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            await request.get_data(
+                as_text=False
+            )  # cached when the route read it; bounded by MAX_CONTENT_LENGTH
+    except (TimeoutError, HTTPException):  # too large, or too slow: do not wait for it
+        response.headers["Connection"] = "close"
+
+
+def _chunked() -> bool:
+    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()

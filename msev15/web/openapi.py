@@ -74,6 +74,8 @@ class ServiceOpenAPI(OpenAPIProvider):
         error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
         for path, operations in spec["paths"].items():
             for method, operation in operations.items():
+                if "requestBody" in operation:  # every documented body is required (json_body)
+                    operation["requestBody"]["required"] = True
                 for parameter in operation.get("parameters", []):
                     if parameter.get("in") == "path" and parameter.get("name") == "session_id":
                         parameter["schema"] = dict(_IDENTIFIER_SCHEMA)

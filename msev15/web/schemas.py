@@ -55,6 +55,9 @@ class ChatRequest(_Strict):
         | SkipJsonSchema[None]
     ) = None
     tenant_id: Identifier = "default"
+    user_id: Identifier | SkipJsonSchema[None] = Field(
+        None, description="Tenant key only: act for this end user (a client token's user is fixed)."
+    )
     approvals: Annotated[list[ApprovalIn], Field(min_length=1, max_length=50)] | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
@@ -108,6 +111,7 @@ class ErrorResponse(BaseModel):
 class SessionSummary(BaseModel):
     session_id: str
     tenant_id: str
+    user_id: str | None
     message_count: int
     created_at: str
     last_activity: str
@@ -130,6 +134,7 @@ class HistoryMessage(BaseModel):
 class SessionHistory(BaseModel):
     session_id: str
     tenant_id: str
+    user_id: str | None
     messages: list[HistoryMessage]
     created_at: str
     last_activity: str
@@ -157,7 +162,43 @@ class TenantQuery(_Strict):
     tenant_id: Identifier = "default"
 
 
-class AuditQuery(TenantQuery):
+class ScopeQuery(TenantQuery):
+    """Tenant-wide callers may name one end user; a client token's user is fixed (another is a 403)."""
+
+    user_id: Identifier | None = None
+
+
+EmailAddress = Annotated[
+    str,
+    StringConstraints(
+        max_length=254, pattern=r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$", to_lower=True
+    ),
+]
+
+
+class ClientTokenRequest(_Strict):
+    """What the shop's backend asks for after its own login: a token for one of its customers."""
+
+    user_id: Identifier
+    customer_email: EmailAddress | None = Field(
+        None, description="Set only when the shop has verified it: the tools then act for it alone."
+    )
+    ttl_seconds: int | None = Field(None, ge=60, le=604_800)
+
+
+class VisitorTokenRequest(_Strict):
+    """No fields: a visitor is whoever asks."""
+
+
+class TokenOut(BaseModel):
+    token: str
+    tenant_id: str
+    user_id: str
+    customer_email: str | None
+    expires_at: str
+
+
+class AuditQuery(ScopeQuery):
     session_id: Identifier | None = None
     limit: int = Field(50, ge=1, le=200)
     cursor: int | None = Field(None, ge=1)
@@ -173,6 +214,7 @@ class AuditEvent(BaseModel):
     error: str | None = None
     duration_ms: float | None = None
     decision: str | None = None
+    user_id: str | None = None
 
 
 class AuditPage(BaseModel):
@@ -192,20 +234,24 @@ def json_body(model: type[M]) -> Callable[[Callable[..., Awaitable[Any]]], Calla
 
         @wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            raw = await request.get_data(as_text=False)
-            try:
-                data = model.model_validate_json(raw or b"null")
-            except ValidationError as exc:
-                if any(err["type"] == "json_invalid" for err in exc.errors()):
-                    raise BadRequest(
-                        "request body is not valid JSON", [{"field": "body", "message": "invalid JSON"}]
-                    ) from None
-                raise BadRequest("request body is invalid", validation_details(exc)) from None
+            data = parse_body(model, await request.get_data(as_text=False))
             return await func(*args, data=data, **kwargs)
 
         return wrapper
 
     return decorator
+
+
+def parse_body(model: type[M], raw: str | bytes) -> M:
+    """A JSON body validated into `model`; a 400 in the API's shape otherwise."""
+    try:
+        return model.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        if any(err["type"] == "json_invalid" for err in exc.errors()):
+            raise BadRequest(
+                "request body is not valid JSON", [{"field": "body", "message": "invalid JSON"}]
+            ) from None
+        raise BadRequest("request body is invalid", validation_details(exc)) from None
 
 
 def parse_query(model: type[M], args: Any) -> M:

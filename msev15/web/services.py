@@ -25,6 +25,7 @@ from msev15.tools.mail import mail_tools
 from msev15.tools.mcp import McpToolProvider
 from msev15.tools.orders import order_tools
 from msev15.tools.registry import ToolRegistry
+from msev15.web.tokens import load_secret
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Services:
     orders: OrderRepository | None = None
     mailer: Mailer | None = None
     audit: AuditLog | None = None
+    token_secret: bytes = b""  # signs client and visitor tokens (web/tokens.py)
 
     def uptime(self) -> float:
         return round(time.time() - self.started_at, 3)
@@ -127,6 +129,7 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
             decisions=audit,
         )
         found = Services(settings, model, sessions, tools, agent, time.time(), stack=stack)
+        found.token_secret = load_secret(settings)
         found.checks.append(Check("model", model.check, critical=True))
         found.checks.append(Check("sessions", sessions.check, critical=settings.session_store != "memory"))
         found.orders, found.mailer = orders, mailer

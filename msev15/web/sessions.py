@@ -9,55 +9,59 @@ from quart_schema import document_response, tag
 
 from msev15.agent.approvals import PENDING_KEY, public_pending
 from msev15.jsonio import iso
-from msev15.logs import session_id_var, tenant_id_var
-from msev15.web.auth import require_api_key
+from msev15.logs import session_id_var
+from msev15.principal import Principal
+from msev15.web.auth import require_credentials, require_shop_credentials
 from msev15.web.errors import NotFound, Unavailable, json_response
 from msev15.web.schemas import (
     AuditPage,
     AuditQuery,
     Deleted,
     ErrorResponse,
+    ScopeQuery,
     SessionHistory,
     SessionList,
-    TenantQuery,
     check_identifier,
     parse_query,
     query_params,
 )
 from msev15.web.services import services
-from msev15.web.turns import asked_tenant
+from msev15.web.turns import asked_principal
 
 routes = Blueprint("sessions", __name__, url_prefix="/api/v1")
-routes.before_request(require_api_key)
+routes.before_request(require_credentials)
 
 
 @routes.get("/sessions")
-@query_params(TenantQuery)
+@query_params(ScopeQuery)
 @tag(["sessions"])
 @document_response(SessionList)
 async def list_sessions() -> Response:
-    """The tenant's sessions, most recently active first."""
-    query = parse_query(TenantQuery, request.args)
-    tenant = asked_tenant(query)
-    found = await services().sessions.list(tenant)
-    return json_response({"tenant_id": tenant, "sessions": [s.summary() for s in found], "count": len(found)})
+    """The caller's sessions, most recently active first: a client token's own, or the tenant's
+    (filtered to one end user with `user_id`)."""
+    who = asked_principal(parse_query(ScopeQuery, request.args))
+    found = await services().sessions.list(who.tenant_id, who.scope)
+    return json_response(
+        {"tenant_id": who.tenant_id, "sessions": [s.summary() for s in found], "count": len(found)}
+    )
 
 
 @routes.get("/sessions/<session_id>/history")
-@query_params(TenantQuery)
+@query_params(ScopeQuery)
 @tag(["sessions"])
 @document_response(SessionHistory)
 @document_response(ErrorResponse, 404)
 async def session_history(session_id: str) -> Response:
     """Every stored message of one session."""
-    tenant, session_id = _session_target(session_id)
-    session = await services().sessions.get(tenant, session_id)
+    who, session_id = _session_target(session_id)
+    session = await services().sessions.get(who.tenant_id, session_id, who.scope)
     if session is None:
         raise NotFound(f"session {session_id!r} was not found")
     return json_response(
         {
             "session_id": session.session_id,
             "tenant_id": session.tenant_id,
+            "user_id": session.user_id,
             "messages": [m.to_api() for m in session.messages],
             "created_at": iso(session.created_at),
             "last_activity": iso(session.last_activity),
@@ -67,27 +71,25 @@ async def session_history(session_id: str) -> Response:
 
 
 @routes.delete("/sessions/<session_id>")
-@query_params(TenantQuery)
+@query_params(ScopeQuery)
 @tag(["sessions"])
 @document_response(Deleted)
 @document_response(ErrorResponse, 404)
 async def delete_session(session_id: str) -> Response:
     """Forget a session and its history."""
-    tenant, session_id = _session_target(session_id)
+    who, session_id = _session_target(session_id)
     store = services().sessions
-    async with store.lock(tenant, session_id):  # never delete under a running turn
-        deleted = await store.delete(tenant, session_id)
+    async with store.lock(who.tenant_id, session_id):  # never delete under a running turn
+        deleted = await store.delete(who.tenant_id, session_id, who.scope)
     if not deleted:
         raise NotFound(f"session {session_id!r} was not found")
-    return json_response({"deleted": True, "session_id": session_id, "tenant_id": tenant})
+    return json_response({"deleted": True, "session_id": session_id, "tenant_id": who.tenant_id})
 
 
-def _session_target(session_id: str) -> tuple[str, str]:
-    query = parse_query(TenantQuery, request.args)
-    tenant = asked_tenant(query)
+def _session_target(session_id: str) -> tuple[Principal, str]:
+    who = asked_principal(parse_query(ScopeQuery, request.args))
     session_id_var.set(session_id)
-    tenant_id_var.set(tenant)
-    return tenant, check_identifier(session_id, "session_id")
+    return who, check_identifier(session_id, "session_id")
 
 
 def _public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -103,11 +105,16 @@ def _public_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 @tag(["audit"])
 @document_response(AuditPage)
 async def audit_events() -> Response:
-    """The tenant's tool calls and approval decisions, newest first; `cursor` pages back."""
+    """The tenant's tool calls and approval decisions, newest first; `cursor` pages back.
+
+    For the shop's own servers: a client token gets a 403."""
+    require_shop_credentials()
     query = parse_query(AuditQuery, request.args)
-    tenant = asked_tenant(query)
+    who = asked_principal(query)
     audit = services().audit
     if audit is None:
         raise Unavailable("the audit log is not available")
-    events, cursor = await audit.events(tenant, query.session_id, query.limit, query.cursor)
+    events, cursor = await audit.events(
+        who.tenant_id, query.session_id, query.limit, query.cursor, who.user_id
+    )
     return json_response({"events": events, "next_cursor": str(cursor) if cursor else None})

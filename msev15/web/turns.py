@@ -10,31 +10,39 @@ from quart import g
 from msev15.agent.approvals import ApprovalError
 from msev15.agent.events import ApprovalAnswer, Event, Turn
 from msev15.logs import session_id_var, tenant_id_var
+from msev15.principal import Principal
+from msev15.stores.sessions import SessionOwnedElsewhere
 from msev15.web.auth import authorize
-from msev15.web.errors import BadRequest
+from msev15.web.errors import BadRequest, NotFound
 from msev15.web.schemas import ChatRequest, TenantQuery
 from msev15.web.services import services
 from msev15.web.streaming import pump
 
 
-def asked_tenant(asked: ChatRequest | TenantQuery) -> str:
-    """The request's tenant: the key's; a `tenant_id` the client actually sent must match it (403)."""
-    return authorize(asked.tenant_id if "tenant_id" in asked.model_fields_set else None)
+def asked_principal(asked: ChatRequest | TenantQuery) -> Principal:
+    """Who asks: the credential's tenant and user; a `tenant_id` or `user_id` the client actually
+    sent must agree with a credential that fixes them (403)."""
+    sent = asked.model_fields_set
+    user = getattr(asked, "user_id", None) if "user_id" in sent else None
+    principal = authorize(asked.tenant_id if "tenant_id" in sent else None, user)
+    tenant_id_var.set(principal.tenant_id)
+    return principal
 
 
 def turn_from(data: ChatRequest) -> Turn:
-    """Authorise the tenant and build the agent's input; shared by every transport."""
-    tenant = asked_tenant(data)
+    """Authorise the caller and build the agent's input; shared by every transport."""
+    principal = asked_principal(data)
     session_id_var.set(data.session_id)
-    tenant_id_var.set(tenant)
     approvals = tuple(ApprovalAnswer(a.id, a.approve) for a in data.approvals or ())
-    return Turn(tenant, data.session_id, g.request_id, data.message, approvals)
+    return Turn(principal.tenant_id, data.session_id, g.request_id, data.message, approvals, principal)
 
 
 async def precheck(turn: Turn) -> None:
-    """Bad approval answers are a 400 before any stream starts."""
+    """Before any stream starts: another user's session is a 404, bad approval answers a 400."""
     try:
         await services().agent.precheck(turn)
+    except SessionOwnedElsewhere:
+        raise NotFound(f"session {turn.session_id!r} was not found") from None
     except ApprovalError as exc:
         raise BadRequest(str(exc), [{"field": "approvals", "message": str(exc)}]) from None
 

@@ -22,8 +22,8 @@ from quart_rate_limiter import RateLimitExceeded
 from msev15.agent.events import DoneEvent, ErrorEvent, TokenEvent, Turn, event_dict
 from msev15.jsonio import dumps, loads
 from msev15.logs import request_id_var
-from msev15.web.auth import require_api_key
-from msev15.web.errors import AppError, rate_limited, render, validation_details
+from msev15.web.auth import from_trusted_proxy, require_credentials
+from msev15.web.errors import AppError, Forbidden, rate_limited, render, validation_details
 from msev15.web.ratelimit import count_frame
 from msev15.web.schemas import ChatRequest
 from msev15.web.services import services
@@ -36,6 +36,26 @@ routes = Blueprint("ws", __name__, url_prefix="/api/v1")
 MAX_QUEUED_CHATS = 8
 
 
+def check_origin() -> None:
+    """A browser's handshake must come from the service's own origin or one CORS_ORIGINS lists by
+    name (`*` admits no cross-origin socket: a socket carries the page's credentials)."""
+    origin = websocket.headers.get("Origin")
+    if origin is None:
+        return  # not a browser: judged by its credentials alone
+    secure = websocket.scheme in ("wss", "https") or _forwarded_proto() == "https"
+    own = f"{'https' if secure else 'http'}://{websocket.host}"
+    named = {o.rstrip("/") for o in services().settings.cors_origin_list if o != "*"}
+    if origin.rstrip("/") != own and origin.rstrip("/") not in named:
+        raise Forbidden("this origin may not open a WebSocket here")
+
+
+def _forwarded_proto() -> str | None:
+    """X-Forwarded-Proto, believed only from a trusted proxy (as X-Forwarded-For is)."""
+    if not from_trusted_proxy():
+        return None
+    return websocket.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower() or None
+
+
 class ChatFrame(ChatRequest):
     """A `chat` frame: the body of POST /api/v1/chat plus the frame type."""
 
@@ -44,9 +64,11 @@ class ChatFrame(ChatRequest):
 
 @routes.websocket("/chat/ws")
 async def chat_ws() -> Response | None:
-    """Chat over one long-lived socket; auth happens before accept so a bad key gets a plain 401."""
+    """Chat over one long-lived socket; origin and credentials are checked before accept, so a
+    refusal is a plain 401 or 403."""
     try:
-        require_api_key()
+        check_origin()
+        require_credentials()
     except AppError as exc:
         return render(exc)
     await websocket.accept()
