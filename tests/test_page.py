@@ -65,7 +65,9 @@ async def _history(base: str, session_id: str, tenant: str = "default") -> tuple
 
 
 async def _session_id(page: Page) -> str:
-    found: str = await page.evaluate("localStorage.getItem('msev15.session.default')")
+    """The open conversation's id, as the sidebar marks it (the page keeps one per user)."""
+    found = await page.locator("#session-list .session.current").get_attribute("data-session-id")
+    assert found
     return found
 
 
@@ -141,7 +143,7 @@ async def test_sessions_switch_and_delete(base: str, browser: Browser) -> None:
     await expect(_answers(page).last.locator(".md")).to_have_text("Echo: first question")
     first = await _session_id(page)
 
-    await page.get_by_role("button", name="New conversation").click()
+    await page.get_by_role("button", name="New conversation", exact=True).click()
     await expect(page.locator("#log .msg")).to_have_count(0)
     await _send(page, "second question")
     await expect(_answers(page).last.locator(".md")).to_have_text("Echo: second question")
@@ -320,7 +322,14 @@ async def test_api_key_prompt_and_offline_banner(browser: Browser, tmp_path: Pat
         page, errors = await _page(browser)
         await page.goto(f"http://127.0.0.1:{port}")
         await expect(page.locator("#banner-model")).to_contain_text("offline")
+        # no public chat and no link: the page says where to start, and offers staff the key
+        gate = page.locator(".gate")
+        await expect(gate.get_by_role("heading")).to_have_text("Open the chat from the shop")
+        await expect(page.get_by_label("Message", exact=True)).to_be_disabled()
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "locked")
         dialog = page.get_by_role("dialog", name="API key")
+        await expect(dialog).to_be_hidden()
+        await gate.get_by_role("button", name="Shop staff: use an API key…").click()
         await expect(dialog).to_be_visible()
         await dialog.get_by_label("Key").fill("key1")
         await dialog.get_by_role("button", name="Save").click()
@@ -333,6 +342,9 @@ async def test_api_key_prompt_and_offline_banner(browser: Browser, tmp_path: Pat
         await _send(page, "hello")
         await expect(_answers(page).last).to_have_attribute("data-state", "done")
         await expect(_answers(page).last.locator(".md")).to_contain_text("offline")
+        await expect(page.locator("#identity")).to_have_text("Staff view: every conversation of “tenant-a”")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=ARTIFACTS / "staff-key.png", animations="disabled")
         await page.reload()
         await expect(dialog).to_be_hidden()
         await expect(page.locator("#log .msg.user .plain")).to_have_text("hello")

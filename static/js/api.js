@@ -1,6 +1,7 @@
 // The service's HTTP API, the SSE stream reader and the WebSocket channel with reconnect.
 
 const KEY_STORAGE = "msev15.apiKey";
+const TOKEN_STORAGE = "msev15.token";
 
 export class ApiError extends Error {
   constructor(status, type, message) {
@@ -10,17 +11,67 @@ export class ApiError extends Error {
   }
 }
 
+/** A staff member's tenant API key (the "Advanced" control); when set it is used instead of a token. */
 export const apiKey = {
   get: () => localStorage.getItem(KEY_STORAGE) || "",
   set: (value) => (value ? localStorage.setItem(KEY_STORAGE, value) : localStorage.removeItem(KEY_STORAGE)),
 };
 
-function headers(extra = {}) {
-  const key = apiKey.get();
-  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+/**
+ * The customer's token: `kind` "client" when it came from the shop's link (`#token=`), "visitor" when
+ * the page fetched it for an anonymous visitor (public chat).
+ */
+export const clientToken = {
+  get() {
+    try {
+      const held = JSON.parse(localStorage.getItem(TOKEN_STORAGE) || "null");
+      return typeof held?.token === "string" && held.token ? held : null;
+    } catch {
+      return null;
+    }
+  },
+  set: (token, kind) => localStorage.setItem(TOKEN_STORAGE, JSON.stringify({ token, kind })),
+  clear: () => localStorage.removeItem(TOKEN_STORAGE),
+};
+
+/**
+ * What a token says about itself: its JWT payload's tenant, user, email and expiry (not verified here:
+ * the server does that), or null when it is not a readable JWT.
+ */
+export function tokenClaims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const binary = atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "="));
+    const claims = JSON.parse(new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))));
+    if (typeof claims?.tid !== "string" || !claims.tid || typeof claims.sub !== "string" || !claims.sub) return null;
+    return {
+      tenant: claims.tid,
+      user: claims.sub,
+      email: typeof claims.email === "string" ? claims.email : null,
+      expiresAt: typeof claims.exp === "number" ? claims.exp * 1000 : Infinity,
+    };
+  } catch {
+    return null;
+  }
 }
 
-async function failure(response) {
+/** The credential every call presents: the API key when one is set, else the token, else nothing. */
+export function credential() {
+  const key = apiKey.get();
+  if (key) return { kind: "key", value: key };
+  const held = clientToken.get();
+  return held ? { kind: "token", value: held.token } : null;
+}
+
+function headers(extra = {}) {
+  const found = credential();
+  return found ? { ...extra, Authorization: `Bearer ${found.value}` } : extra;
+}
+
+const presented = (init) => init.headers.Authorization?.slice(7) ?? null;
+
+/** The error for a failed response; `credential` is what the request presented (to tell a stale one). */
+async function failure(response, credential) {
   let type = "internal_error";
   let message = `HTTP ${response.status}`;
   try {
@@ -32,6 +83,7 @@ async function failure(response) {
   }
   const error = new ApiError(response.status, type, message);
   error.retryAfter = Number(response.headers.get("Retry-After")) || 0;
+  error.credential = credential;
   return error;
 }
 
@@ -41,11 +93,21 @@ async function request(method, path, { query, body } = {}) {
   const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
   if (body) init.body = JSON.stringify(body);
   const response = await fetch(url, init);
-  if (!response.ok) throw await failure(response);
+  if (!response.ok) throw await failure(response, presented(init));
   return response.json();
 }
 
 export const api = {
+  /** A token for a new anonymous visitor; a 404 means public chat is off. No credentials are sent. */
+  async visitorToken() {
+    const response = await fetch("/api/v1/visitor-tokens", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: "{}",
+    });
+    if (!response.ok) throw await failure(response);
+    return response.json();
+  },
   sessions: (tenant) => request("GET", "/api/v1/sessions", { query: { tenant_id: tenant } }),
   history: (tenant, id) =>
     request("GET", `/api/v1/sessions/${encodeURIComponent(id)}/history`, { query: { tenant_id: tenant } }),
@@ -59,13 +121,14 @@ export const api = {
 
 /** POST a chat to the SSE endpoint and call onEvent for each `data:` event; resolves at the end. */
 export async function streamSSE(body, onEvent, signal) {
-  const response = await fetch("/api/v1/chat/stream", {
+  const init = {
     method: "POST",
     headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
     body: JSON.stringify(body),
     signal,
-  });
-  if (!response.ok) throw await failure(response);
+  };
+  const response = await fetch("/api/v1/chat/stream", init);
+  if (!response.ok) throw await failure(response, presented(init));
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
@@ -113,8 +176,8 @@ export class ChatSocket {
     }
     const url = new URL("/api/v1/chat/ws", window.location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    const key = apiKey.get();
-    if (key) url.searchParams.set("api_key", key);
+    const found = credential(); // browsers cannot set headers on a WebSocket: the query carries it
+    if (found) url.searchParams.set(found.kind === "key" ? "api_key" : "token", found.value);
     let ws;
     try {
       ws = new window.WebSocket(url);
@@ -154,7 +217,16 @@ export class ChatSocket {
     this.timer = setTimeout(() => this.connect(), delay);
   }
 
-  /** Reconnect now (new API key, network back): drop the old socket without scheduling. */
+  /** Close the socket and stay closed (no credential to connect with). */
+  disconnect() {
+    clearTimeout(this.timer);
+    const old = this.ws;
+    this.ws = null;
+    this.attempt = 0;
+    old?.close();
+  }
+
+  /** Reconnect now (new API key or token, network back): drop the old socket without scheduling. */
   restart() {
     const old = this.ws;
     this.ws = null;

@@ -1,7 +1,24 @@
 // The chat page: wires the API, the WebSocket/SSE transports and the DOM together.
 
-import { api, apiKey, ChatSocket, streamSSE } from "./api.js";
+import { api, apiKey, ChatSocket, clientToken, credential, streamSSE, tokenClaims } from "./api.js";
 import { AssistantTurn, emptyState, h, icon, relativeTime, userBubble } from "./ui.js";
+
+/**
+ * A client token in the address (`/#token=...`, from the shop's link) is kept in this browser and
+ * taken out of the address at once, so it neither stays in the history nor gets copied with the URL.
+ */
+function takeLinkToken() {
+  const params = new URLSearchParams(window.location.hash.slice(1));
+  const token = params.get("token");
+  if (token === null) return false;
+  if (token.trim()) clientToken.set(token.trim(), "client");
+  params.delete("token");
+  const rest = params.toString();
+  const { pathname, search } = window.location;
+  window.history.replaceState(window.history.state, "", `${pathname}${search}${rest ? `#${rest}` : ""}`);
+  return true;
+}
+takeLinkToken();
 
 const $ = (id) => document.getElementById(id);
 const els = {
@@ -27,6 +44,9 @@ const els = {
   keyInput: $("key-input"),
   keyReason: $("key-reason"),
   keyCancel: $("key-cancel"),
+  advanced: $("advanced"),
+  identity: $("identity"),
+  tenantHint: $("tenant-hint"),
 };
 
 const ID_PATTERN = /^[A-Za-z0-9._:@-]{1,255}$/;
@@ -53,6 +73,9 @@ const local = {
 
 const state = {
   tenant: local.get("tenant", "default"),
+  // Who the page is: mode "key" (staff API key), "token" (kind "client" or "visitor"), "open"
+  // (a development server without keys) or "none" (reason "expired" or "no-link": the gate is shown).
+  auth: { mode: "pending" },
   sessionId: "",
   saved: false, // does the current session exist on the server yet?
   active: null, // the answer in flight: { turn, via: "ws" | "sse", abort, resolve }
@@ -92,7 +115,10 @@ function paintStatus() {
   clearTimeout(countdown);
   let kind;
   let text;
-  if (!state.httpOk && state.socket !== "open") {
+  if (state.auth.mode === "none") {
+    kind = "locked";
+    text = "Not signed in";
+  } else if (!state.httpOk && state.socket !== "open") {
     kind = "offline";
     text = "Offline — retrying";
   } else if (state.socket === "open") {
@@ -112,6 +138,7 @@ function paintStatus() {
     sse: "The WebSocket is unavailable: answers stream over HTTP instead.",
     connecting: "Connecting to the service…",
     offline: "The service cannot be reached. Retrying automatically.",
+    locked: "Open the chat from the shop's website to start.",
   }[kind];
   els.status.title = detail;
   if (state.socket === "waiting" && kind !== "ws") {
@@ -159,6 +186,172 @@ async function checkReadiness() {
 
 // Authentication --------------------------------------------------------------------------
 
+const GATES = {
+  "no-link": {
+    title: "Open the chat from the shop",
+    text: "This chat starts from the shop's website: please use the chat link there (for example on your account or order page).",
+  },
+  expired: {
+    title: "This chat link has expired",
+    text: "For your security, chat links only work for a while. Please open the chat again from the shop's website to continue.",
+  },
+};
+const PLACEHOLDER = els.input.placeholder;
+const EARLY_MS = 30_000; // a token this close to its expiry is treated as expired
+let expiryTimer = 0;
+
+/** Work out who the page is: the staff key, the link's client token, a visitor token, or nobody. */
+async function signIn() {
+  if (apiKey.get()) return adopt({ mode: "key", tenant: local.get("tenant", "default") });
+  const held = clientToken.get();
+  const claims = held && tokenClaims(held.token);
+  if (claims && claims.expiresAt - EARLY_MS > Date.now()) return adopt({ mode: "token", kind: held.kind, ...claims });
+  if (held?.kind === "client") return adopt({ mode: "none", reason: "expired" });
+  // No token, or an old visitor token: a new visitor token (a new visitor starts afresh).
+  clientToken.clear();
+  let issued;
+  try {
+    issued = await api.visitorToken();
+  } catch (error) {
+    if (error?.status !== 404) throw error; // unreachable: start() tries again
+    // Public chat is off. A development server without API keys still answers without credentials.
+    try {
+      await api.sessions(local.get("tenant", "default"));
+      return adopt({ mode: "open", tenant: local.get("tenant", "default") });
+    } catch (refused) {
+      if (refused?.status !== 401) throw refused;
+      return adopt({ mode: "none", reason: "no-link" });
+    }
+  }
+  clientToken.set(issued.token, "visitor");
+  const claimsNow = tokenClaims(issued.token);
+  return adopt({
+    mode: "token",
+    kind: "visitor",
+    tenant: issued.tenant_id,
+    user: issued.user_id,
+    email: null,
+    expiresAt: claimsNow?.expiresAt ?? Date.parse(issued.expires_at),
+  });
+}
+
+function adopt(auth) {
+  state.auth = auth;
+  if (auth.tenant) state.tenant = auth.tenant;
+  clearTimeout(expiryTimer);
+  if (auth.mode === "token" && Number.isFinite(auth.expiresAt)) {
+    const left = Math.min(2 ** 31 - 1, Math.max(0, auth.expiresAt - EARLY_MS - Date.now()));
+    expiryTimer = setTimeout(onTokenExpired, left);
+  }
+  els.tenant.disabled = auth.mode === "token" || auth.mode === "none";
+  els.tenant.value = state.tenant;
+  els.tenantHint.textContent = {
+    token: "Set by the chat link. An API key lets staff choose.",
+    none: "Staff: enter an API key to choose a shop.",
+  }[auth.mode] ?? "Letters, digits and . _ : @ -";
+  els.identity.textContent = {
+    key: `Staff view: every conversation of “${state.tenant}”`,
+    open: `Development server: every conversation of “${state.tenant}”`,
+    token: auth.kind !== "client" ? "Chatting as a guest" : auth.email ? `Signed in as ${auth.email}` : "Signed in by the shop",
+    none: "",
+  }[auth.mode];
+  els.identity.hidden = !els.identity.textContent;
+  const locked = auth.mode === "none";
+  els.input.placeholder = locked ? "Open the chat from the shop's website to write here" : PLACEHOLDER;
+  els.input.disabled = locked;
+  els.send.disabled = locked;
+  els.newSession.disabled = locked;
+  paintStatus();
+  return auth;
+}
+
+/** The page when no token can be had: why, and what to do (staff may still use an API key). */
+function lock(reason = state.auth.reason) {
+  if (state.auth.mode !== "none" || state.auth.reason !== reason) adopt({ mode: "none", reason });
+  socket.disconnect();
+  const gate = GATES[reason] ?? GATES["no-link"];
+  els.title.textContent = "Support chat";
+  els.sessions.replaceChildren();
+  els.log.replaceChildren(
+    h(
+      "div",
+      { class: "empty gate", dataset: { reason } },
+      h("div", { class: "empty-mark", "aria-hidden": "true", text: "✦" }),
+      h("h2", { text: gate.title }),
+      h("p", { text: gate.text }),
+      h("button", {
+        type: "button",
+        class: "link-btn",
+        text: "Shop staff: use an API key…",
+        onclick: () => {
+          els.advanced.open = true;
+          askForKey("Enter the shop's API key to see its conversations. It is kept in this browser only.");
+        },
+      }),
+    ),
+  );
+}
+
+/** Sign in again and reopen the conversation (after a new key, a new link or a refused token). */
+let reauth = null;
+function reauthenticate() {
+  reauth ??= (async () => {
+    await stop();
+    try {
+      await signIn();
+    } catch {
+      reachable(false);
+      return;
+    }
+    if (state.auth.mode === "none") return lock();
+    socket.restart();
+    await openSession(local.get(sessionKey()) || newId());
+    await refreshSessions();
+  })().finally(() => {
+    reauth = null;
+  });
+  return reauth;
+}
+
+let lastRenewal = 0;
+/**
+ * The server refused the credential (401): ask for the key, renew a visitor, or ask for a new link.
+ * A refusal of a credential the page no longer uses (several calls failed at once) changes nothing.
+ */
+function credentialRefused(error) {
+  const { mode, kind } = state.auth;
+  if (error?.credential !== undefined && error.credential !== (credential()?.value ?? null)) return;
+  if (mode === "key") {
+    askForKey("The API key was refused. Enter a valid key, or leave it empty to remove it.");
+  } else if (mode === "token" && kind === "client") {
+    stop().then(() => lock("expired")); // expired, or signed with a secret this service no longer has
+  } else if (mode !== "none" && Date.now() - lastRenewal > 10_000) {
+    lastRenewal = Date.now(); // a visitor token (or open mode) refused: once, a new visitor token
+    if (kind === "visitor") clientToken.clear();
+    reauthenticate();
+  } else if (mode !== "none") {
+    // Refused again at once: hosts that do not share CLIENT_TOKEN_SECRET, most likely.
+    banner("auth", "error", "The service did not accept this chat. Please reload the page in a moment.");
+  }
+}
+
+function onTokenExpired() {
+  if (state.active) {
+    expiryTimer = setTimeout(onTokenExpired, 5_000); // let the answer in flight finish first
+    return;
+  }
+  if (state.auth.kind === "visitor") {
+    clientToken.clear();
+    reauthenticate();
+  } else {
+    lock("expired");
+  }
+}
+
+function sessionKey() {
+  return state.auth.mode === "token" ? `session.${state.tenant}/${state.auth.user}` : `session.${state.tenant}`;
+}
+
 let keyPrompt = null;
 function askForKey(reason) {
   if (keyPrompt) return keyPrompt;
@@ -175,10 +368,8 @@ function askForKey(reason) {
     els.keyForm.onsubmit = (e) => {
       e.preventDefault();
       apiKey.set(els.keyInput.value.trim());
-      socket.restart();
       done(true);
-      refreshSessions();
-      openSession(state.sessionId, { quiet: true });
+      reauthenticate();
     };
     els.keyCancel.onclick = () => done(false);
   });
@@ -187,12 +378,16 @@ function askForKey(reason) {
   return keyPrompt;
 }
 
-/** Handle a failed API call in one place: 401 asks for the key, the rest becomes a banner. */
+/** Handle a failed API call in one place: 401 goes to credentialRefused, the rest becomes a banner. */
 function apiFailed(error) {
   if (error?.status === 401) {
-    askForKey("This service needs an API key. It is kept in this browser only.");
+    credentialRefused(error);
   } else if (error?.status === 403) {
-    banner("auth", "error", "Your API key belongs to another shop (tenant). Change the tenant or the key.");
+    const text =
+      state.auth.mode === "key"
+        ? "Your API key belongs to another shop (tenant). Change the tenant or the key."
+        : "This chat link does not give access to that.";
+    banner("auth", "error", text);
   } else if (error?.status) {
     reachable(true);
     banner("api", "error", error.message);
@@ -204,6 +399,7 @@ function apiFailed(error) {
 // Sessions --------------------------------------------------------------------------------
 
 async function refreshSessions() {
+  if (state.auth.mode === "none") return;
   let found = [];
   try {
     found = (await api.sessions(state.tenant)).sessions;
@@ -285,8 +481,9 @@ function showEmpty() {
 }
 
 async function openSession(id, { quiet = false } = {}) {
+  if (state.auth.mode === "none") return;
   state.sessionId = id;
-  local.set(`session.${state.tenant}`, id);
+  local.set(sessionKey(), id);
   state.cards.clear();
   els.title.textContent = local.title(state.tenant, id) || "New conversation";
   if (!quiet) showEmpty();
@@ -367,7 +564,7 @@ function onEvent(event) {
       break;
     case "error":
       turn.error(event.error || "Something went wrong.", event.code);
-      if (event.code === "unauthorized") askForKey("The API key was refused. Enter a valid key.");
+      if (event.code === "unauthorized") credentialRefused();
       finish();
       break;
     default:
@@ -412,7 +609,7 @@ function run(extra) {
           turn.done({ message: turn.text, interrupted: true });
         } else if (error?.status) {
           turn.error(error.message, error.type);
-          if (error.status === 401) askForKey("This service needs an API key. It is kept in this browser only.");
+          if (error.status === 401) credentialRefused(error);
           if (error.status === 429) turn.error(`Please wait ${error.retryAfter || "a few"} s before sending again.`, "rate_limited");
         } else {
           reachable(false);
@@ -425,7 +622,7 @@ function run(extra) {
 
 async function sendMessage(text) {
   const message = text.trim();
-  if (!message || state.active) return;
+  if (!message || state.active || state.auth.mode === "none") return;
   els.input.value = "";
   autosize();
   if (!local.title(state.tenant, state.sessionId)) {
@@ -500,11 +697,12 @@ els.tenantForm.addEventListener("submit", async (e) => {
     return;
   }
   els.tenant.removeAttribute("aria-invalid");
-  if (tenant === state.tenant) return;
+  if (tenant === state.tenant || els.tenant.disabled) return;
   await stop();
   state.tenant = tenant;
   local.set("tenant", tenant);
-  await openSession(local.get(`session.${tenant}`) || newId());
+  adopt({ ...state.auth, tenant });
+  await openSession(local.get(sessionKey()) || newId());
   await refreshSessions();
 });
 els.tenant.addEventListener("change", () => els.tenantForm.requestSubmit());
@@ -520,28 +718,53 @@ els.menu.addEventListener("click", () => {
 });
 $("scrim").addEventListener("click", closeNav);
 
-els.keyButton.addEventListener("click", () => askForKey("Enter the API key for this shop. Leave it empty to remove it."));
+els.keyButton.addEventListener("click", () =>
+  askForKey("Staff only: a shop's API key shows every conversation of the shop. Leave it empty to remove it."),
+);
+
+// A new link opened in this tab changes only the fragment: sign in with its token.
+window.addEventListener("hashchange", () => {
+  if (takeLinkToken()) reauthenticate();
+});
 
 window.addEventListener("online", () => {
-  socket.restart();
+  if (state.auth.mode !== "none" && state.auth.mode !== "pending") socket.restart();
   checkReadiness();
 });
 window.addEventListener("offline", () => reachable(false));
 
 // Start -------------------------------------------------------------------------------------
 
+let retry = 1_000;
+async function begin() {
+  try {
+    await signIn();
+  } catch {
+    reachable(false); // the service is unreachable: try again, a little later each time
+    setTimeout(begin, retry);
+    retry = Math.min(30_000, retry * 2);
+    return;
+  }
+  reachable(true);
+  if (state.auth.mode === "none") {
+    lock();
+  } else {
+    socket.connect();
+    await openSession(local.get(sessionKey()) || newId());
+    await refreshSessions();
+  }
+  els.app.dataset.ready = "true";
+}
+
 async function start() {
   els.tenant.value = state.tenant;
   if (document.body.dataset.provider === "offline") {
     banner("model", "info", "Demo mode: the built-in offline assistant is answering (no language model is configured).");
   }
-  socket.connect();
   paintStatus();
-  await openSession(local.get(`session.${state.tenant}`) || newId());
-  await refreshSessions();
+  await begin();
   checkReadiness();
   setInterval(checkReadiness, 60_000);
-  els.app.dataset.ready = "true";
 }
 
 start();
