@@ -315,3 +315,38 @@ async def test_the_csp_watch_does_see_a_violation(shop: str, browser: Browser) -
     )
     await eventually(lambda: probe.csp, what="a CSP report in the console")
     await probe.page.context.close()
+
+
+async def test_staff_key_under_advanced_is_used_instead_of_the_token(shop: str, browser: Browser) -> None:
+    staff = await _customer(browser)
+    await staff.page.goto(shop)
+    await _send(staff.page, "hello from a guest")
+    await expect(_answers(staff.page).last).to_have_attribute("data-state", "done")
+    guest_session = await _session_id(staff.page)
+    response = await _shop_api(
+        shop, "POST", "/api/v1/chat", json={"session_id": "other-chat", "user_id": "cust-9", "message": "hi"}
+    )
+    assert response.status_code == 200, response.text
+
+    key_button = staff.page.get_by_role("button", name="API key…")
+    await expect(key_button).to_be_hidden()  # folded away under "Advanced"
+    await staff.page.get_by_text("Advanced", exact=True).click()
+    await key_button.click()
+    dialog = staff.page.get_by_role("dialog", name="API key")
+    await dialog.get_by_label("Key").fill(SHOP_KEY)
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(staff.page.locator("#identity")).to_have_text("Staff view: every conversation of “default”")
+    listed = staff.page.locator("#session-list .session")
+    await expect(listed.filter(has_text="2 messages")).to_have_count(2)  # the guest's and cust-9's
+    await expect(staff.page.locator("#session-list [data-session-id='other-chat']")).to_have_count(1)
+    await expect(staff.page.get_by_label("Shop (tenant)")).to_be_enabled()
+
+    await key_button.click()  # an empty key removes it: the guest again, with only its own chat
+    await dialog.get_by_label("Key").fill("")
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(staff.page.locator("#identity")).to_have_text("Chatting as a guest")
+    await expect(listed).to_have_count(1)
+    await expect(listed).to_have_attribute("data-session-id", guest_session)
+    assert await staff.stored("msev15.apiKey") is None
+    await staff.page.context.close()
+    staff.assert_clean()
