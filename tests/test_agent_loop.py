@@ -20,7 +20,7 @@ from msev15.agent.events import (
     ToolResultEvent,
     Turn,
 )
-from msev15.agent.loop import INSTRUCTIONS, Agent, AgentLimits
+from msev15.agent.loop import INSTRUCTIONS, Agent, AgentLimits, TurnRefused
 from msev15.stores.sessions import MemorySessionStore
 from msev15.tools.registry import Tool, ToolArgs, ToolContext, ToolRegistry
 from tests.conftest import make_settings
@@ -228,8 +228,9 @@ async def test_a_consequential_call_waits_for_approval_then_runs_once(
     assert decided[-2]["tool_calls"][0]["function"]["name"] == "cancel_order"
     assert decided[-1] == {"role": "tool", "tool_call_id": proposal.id, "content": result.content}
 
-    again = await turn(agent, None, ApprovalAnswer(proposal.id, approve=True))
-    assert isinstance(ending(again), ErrorEvent) and shop.cancelled == ["A1"]  # at most once
+    with pytest.raises(TurnRefused, match="already answered"):  # refused before any event
+        await turn(agent, None, ApprovalAnswer(proposal.id, approve=True))
+    assert shop.cancelled == ["A1"]  # at most once
 
 
 async def test_the_app_takes_the_scripted_model(tmp_path: Path) -> None:

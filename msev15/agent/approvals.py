@@ -60,6 +60,15 @@ class ApprovalBook:
 
     def take(self, answers: list[tuple[str, bool]], now: float) -> list[tuple[Pending, bool]]:
         """Remove the answered approvals; all-or-nothing, so a bad id changes nothing."""
+        self.check(answers, now)
+        taken = []
+        for approval_id, approve in answers:
+            taken.append((self.pending.pop(approval_id), approve))
+            self._remember(approval_id, "approved" if approve else "declined")
+        return taken
+
+    def check(self, answers: list[tuple[str, bool]], now: float) -> None:
+        """Raise ApprovalError unless every answer names a distinct, pending, unexpired approval."""
         seen: set[str] = set()
         for approval_id, _ in answers:
             if approval_id in seen:
@@ -74,11 +83,6 @@ class ApprovalBook:
                 raise ApprovalError(f"approval {approval_id} is unknown in this session")
             if found.expires < now:
                 raise ApprovalError(f"approval {approval_id} has expired; ask again")
-        taken = []
-        for approval_id, approve in answers:
-            taken.append((self.pending.pop(approval_id), approve))
-            self._remember(approval_id, "approved" if approve else "declined")
-        return taken
 
     def take_all(self) -> list[Pending]:
         """Everything pending, declined because the customer moved on."""

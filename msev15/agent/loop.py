@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -95,6 +95,20 @@ class _Context:
         return self.book.metadata(self.base_metadata)
 
 
+class TurnRefused(Exception):
+    """A turn that cannot start (store down or saturated, someone else's session, bad approvals).
+
+    Raised before the first event, so every transport can still answer with a plain error.
+    """
+
+    def __init__(self, code: str, message: str, retry_after: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        self.field = field
+
+
 class Agent:
     """Runs turns: model stream → tool calls → model stream, bounded, persisted atomically."""
 
@@ -114,16 +128,6 @@ class Agent:
         self.instructions = instructions
         self.decisions = decisions
 
-    async def precheck(self, turn: Turn) -> None:
-        """Refuse before a stream starts: another user's session, bad approval answers (both are
-        checked again under the lock)."""
-        if not turn.approvals and turn.scope is ANY_USER:
-            return  # nothing to refuse early; no store read on the hot path
-        session = await self._session(turn)
-        if turn.approvals:
-            book = ApprovalBook(session.metadata if session else {})
-            book.take([(a.id, a.approve) for a in turn.approvals], time.time())
-
     async def _session(self, turn: Turn) -> Session | None:
         """The turn's session as its caller may see it; SessionOwnedElsewhere when it is someone else's."""
         session = await self.sessions.get(turn.tenant_id, turn.session_id, turn.scope)
@@ -132,48 +136,62 @@ class Agent:
                 raise SessionOwnedElsewhere(turn.session_id)
         return session
 
-    async def run(self, turn: Turn) -> AsyncIterator[Event]:
-        """One turn as events, ending with exactly one `done` or `error`."""
+    async def run(self, turn: Turn, ready: Callable[[], None] | None = None) -> AsyncIterator[Event]:
+        """One turn as events, ending with exactly one `done` or `error`.
+
+        Until `ready` is called (the session's lock is held and the session is readable and the
+        caller's) failures raise TurnRefused instead: a transport can still answer with a plain
+        error status, since nothing has been streamed.
+        """
         final: DoneEvent | ErrorEvent | None = None
-        try:
-            async with contextlib.aclosing(self._run(turn)) as events:
-                async for event in events:
-                    if isinstance(event, DoneEvent | ErrorEvent):
-                        final = event
-                    else:
-                        yield event
-        except SessionStoreUnavailable as exc:  # only before the first event: later ones end in _run
-            log.warning("session store unavailable: %s", exc)
-            final = ErrorEvent(str(exc), "unavailable")
+        async with contextlib.aclosing(self._run(turn, ready)) as events:
+            async for event in events:
+                if isinstance(event, DoneEvent | ErrorEvent):
+                    final = event
+                else:
+                    yield event
         # The last event goes out after the session lock is released: a consumer that stops
         # reading at `done` (the JSON endpoint) must not keep the next turn waiting.
         if final is not None:
             yield final
 
-    async def _run(self, turn: Turn) -> AsyncGenerator[Event, None]:
-        async with self.sessions.lock(turn.tenant_id, turn.session_id):
-            try:
-                session = await self._session(turn)
-            except SessionOwnedElsewhere:  # changes nothing, and says no more than "not found"
-                yield ErrorEvent(f"session {turn.session_id!r} was not found", "not_found")
-                return
+    async def _open(self, turn: Turn, stack: contextlib.AsyncExitStack) -> _Context:
+        """Take the session's lock and read it, or refuse the turn before anything is streamed."""
+        try:
+            await stack.enter_async_context(self.sessions.lock(turn.tenant_id, turn.session_id))
+            session = await self._session(turn)
             metadata = dict(session.metadata) if session else {}
-            now = time.time()
-            who = turn.principal
-            cx = _Context(
-                turn,
-                ToolContext(
-                    turn.tenant_id,
-                    turn.session_id,
-                    turn.request_id,
-                    who.user_id if who else None,
-                    who.verified_email if who else None,
-                ),
-                session,
-                Message("user", turn.message, now) if turn.message is not None else None,
-                ApprovalBook(metadata),
-                metadata,
-            )
+            book = ApprovalBook(metadata)
+            if turn.approvals:
+                book.check([(a.id, a.approve) for a in turn.approvals], time.time())
+        except SessionStoreUnavailable as exc:
+            log.warning("session store unavailable: %s", exc)
+            raise TurnRefused("unavailable", str(exc), retry_after=1) from None
+        except SessionOwnedElsewhere:  # changes nothing, and says no more than "not found"
+            raise TurnRefused("not_found", f"session {turn.session_id!r} was not found") from None
+        except ApprovalError as exc:
+            raise TurnRefused("validation_error", str(exc), field="approvals") from None
+        who = turn.principal
+        return _Context(
+            turn,
+            ToolContext(
+                turn.tenant_id,
+                turn.session_id,
+                turn.request_id,
+                who.user_id if who else None,
+                who.verified_email if who else None,
+            ),
+            session,
+            Message("user", turn.message, time.time()) if turn.message is not None else None,
+            book,
+            metadata,
+        )
+
+    async def _run(self, turn: Turn, ready: Callable[[], None] | None) -> AsyncGenerator[Event, None]:
+        async with contextlib.AsyncExitStack() as stack:
+            cx = await self._open(turn, stack)
+            if ready is not None:
+                ready()
             stored = False
             try:
                 async with asyncio.timeout(self.limits.turn_timeout):

@@ -15,19 +15,25 @@ from msev15.agent.events import (
     ErrorEvent,
     ToolCallEvent,
     ToolResultEvent,
+    Turn,
     event_dict,
 )
+from msev15.agent.loop import TurnRefused
 from msev15.jsonio import dumpb, iso, utcnow
 from msev15.web.auth import require_credentials
-from msev15.web.errors import AppError, BadRequest, Unavailable, json_response
+from msev15.web.errors import AppError, BadRequest, NotFound, Unavailable, json_response
 from msev15.web.schemas import ChatRequest, ChatResponse, ErrorResponse, json_body
 from msev15.web.services import services
-from msev15.web.turns import precheck, stream_events, turn_from
+from msev15.web.turns import open_stream, refusal, turn_from
 
 routes = Blueprint("chat", __name__, url_prefix="/api/v1")
 routes.before_request(require_credentials)
 
-_ERRORS: dict[str, type[AppError]] = {"validation_error": BadRequest, "unavailable": Unavailable}
+_ERRORS: dict[str, type[AppError]] = {
+    "validation_error": BadRequest,
+    "unavailable": Unavailable,
+    "not_found": NotFound,
+}
 
 
 @routes.post("/chat")
@@ -38,7 +44,13 @@ _ERRORS: dict[str, type[AppError]] = {"validation_error": BadRequest, "unavailab
 async def chat(data: ChatRequest) -> Response:
     """Send a message and get the whole answer (the event stream, collected)."""
     turn = turn_from(data)
-    await precheck(turn)
+    try:
+        return await _collected(turn)
+    except TurnRefused as exc:
+        raise refusal(exc) from None
+
+
+async def _collected(turn: Turn) -> Response:
     calls: dict[str, dict[str, Any]] = {}
     approvals: list[dict[str, Any]] = []
     async for event in services().agent.run(turn):
@@ -79,8 +91,7 @@ def _error_for(event: ErrorEvent) -> AppError:
 async def chat_stream(data: ChatRequest) -> Response:
     """Send a message and get the answer as Server-Sent Events (one `data:` JSON per event)."""
     turn = turn_from(data)
-    await precheck(turn)
-    stream = stream_events(turn, keepalive=15.0)  # made here: the body runs outside the request context
+    stream = await open_stream(turn, keepalive=15.0)  # refusals are still plain errors here
 
     async def body() -> AsyncIterator[bytes]:
         # aclosing: when the client goes away mid-answer the turn is cancelled now, not at GC time.

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import cast
+from collections.abc import AsyncGenerator
 
 from quart import g
 
-from msev15.agent.approvals import ApprovalError
 from msev15.agent.events import ApprovalAnswer, Event, Turn
+from msev15.agent.loop import TurnRefused
 from msev15.logs import session_id_var, tenant_id_var
 from msev15.principal import Principal
-from msev15.stores.sessions import SessionOwnedElsewhere
 from msev15.web.auth import authorize
-from msev15.web.errors import BadRequest, NotFound
+from msev15.web.errors import AppError, BadRequest, NotFound, Unavailable
 from msev15.web.schemas import ChatRequest, TenantQuery
 from msev15.web.services import services
-from msev15.web.streaming import pump
+from msev15.web.streaming import start
+
+_REFUSALS: dict[str, type[AppError]] = {
+    "validation_error": BadRequest,
+    "not_found": NotFound,
+    "unavailable": Unavailable,
+}
 
 
 def asked_principal(asked: ChatRequest | TenantQuery) -> Principal:
@@ -37,21 +41,21 @@ def turn_from(data: ChatRequest) -> Turn:
     return Turn(principal.tenant_id, data.session_id, g.request_id, data.message, approvals, principal)
 
 
-async def precheck(turn: Turn) -> None:
-    """Before any stream starts: another user's session is a 404, bad approval answers a 400."""
+def refusal(exc: TurnRefused) -> AppError:
+    """A turn refused before anything was streamed, as the API's error (with Retry-After for 503)."""
+    error = _REFUSALS.get(exc.code, AppError)(exc.message)
+    if exc.field is not None:
+        error.details = [{"field": exc.field, "message": exc.message}]
+    if exc.retry_after is not None:
+        error.headers["Retry-After"] = str(exc.retry_after)
+    return error
+
+
+async def open_stream(turn: Turn, keepalive: float | None = None) -> AsyncGenerator[Event | None, None]:
+    """The turn's events for a streaming transport, once it is under way (close it with aclosing);
+    an AppError when it is refused before anything is streamed."""
+    agent = services().agent
     try:
-        await services().agent.precheck(turn)
-    except SessionOwnedElsewhere:
-        raise NotFound(f"session {turn.session_id!r} was not found") from None
-    except ApprovalError as exc:
-        raise BadRequest(str(exc), [{"field": "approvals", "message": str(exc)}]) from None
-
-
-def stream_events(turn: Turn, keepalive: float | None = None) -> AsyncGenerator[Event | None, None]:
-    """The event stream of a turn for the streaming transports (close it with aclosing)."""
-    return pumped(pump(services().agent.run(turn), keepalive=keepalive))
-
-
-def pumped(events: AsyncIterator[Event | None]) -> AsyncGenerator[Event | None, None]:
-    """`pump` is an async generator; say so, so callers may close it deterministically."""
-    return cast(AsyncGenerator[Event | None, None], events)
+        return await start(lambda ready: agent.run(turn, ready), keepalive=keepalive)
+    except TurnRefused as exc:
+        raise refusal(exc) from None

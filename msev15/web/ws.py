@@ -27,7 +27,7 @@ from msev15.web.errors import AppError, Forbidden, rate_limited, render, validat
 from msev15.web.ratelimit import count_frame
 from msev15.web.schemas import ChatRequest
 from msev15.web.services import services
-from msev15.web.turns import precheck, stream_events, turn_from
+from msev15.web.turns import open_stream, turn_from
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,6 @@ class _Channel:
             request_id_var.set(g.request_id)
             try:
                 turn = turn_from(frame)
-                await precheck(turn)  # bad approval answers: an error event, as REST gives a 400
             except AppError as exc:
                 await self._error(exc.message, exc.details, exc.code, frame.session_id)
                 continue
@@ -171,8 +170,13 @@ class _Channel:
             self._current = None
 
     async def _stream(self, turn: Turn) -> None:
+        try:
+            stream = await open_stream(turn)
+        except AppError as exc:  # refused before it began: an error event, as REST gives a status
+            await self._error(exc.message, exc.details, exc.code, turn.session_id)
+            return
         # aclosing: a cancel while sending still closes the pump, which cancels the agent at once.
-        async with contextlib.aclosing(stream_events(turn)) as events:
+        async with contextlib.aclosing(stream) as events:
             async for event in events:
                 if event is None:
                     continue
