@@ -317,9 +317,9 @@ async def test_redis_ttl_is_real(redis_server: RedisServer) -> None:
 
 
 async def test_redis_down_is_a_clear_error() -> None:
-    store = await RedisSessionStore.open(f"redis://127.0.0.1:{free_port()}/0")
+    store = await RedisSessionStore.open(f"redis://127.0.0.1:{free_port()}/0", pool_wait=0.5)
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(5):  # a write retries for pool_wait, then gives up
             with pytest.raises(SessionStoreUnavailable, match="Redis is unavailable"):
                 await store.get("t", "s")
             with pytest.raises(SessionStoreUnavailable):

@@ -59,6 +59,8 @@ async def open_session_store(settings: Settings) -> SessionStore:
 
         return await RedisSessionStore.open(
             settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            pool_wait=settings.session_store_wait_seconds,
             ttl_seconds=settings.session_ttl_seconds,
             max_per_tenant=settings.max_sessions_per_tenant,
             max_messages=settings.max_messages_per_session,

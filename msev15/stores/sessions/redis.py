@@ -19,14 +19,16 @@ or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -51,14 +53,27 @@ _LIMIT = "MSEV15_SESSION_LIMIT"
 _NOT_OWNER = "MSEV15_NOT_OWNER"
 
 # KEYS: hash, list, index. ARGV: now, cutoff, ttl_ms, max_messages, max_per_tenant, session id,
-# metadata JSON ('' keeps it), user ('' for a tenant-wide caller), that user's index key, then the
-# message records. A new session belongs to the user; an existing one must be visible to it.
-# Returns created flag, created_at, last_activity, metadata, owner, then every message record.
+# metadata JSON ('' keeps it), user ('' for a tenant-wide caller), that user's index key, the
+# save's own id, then the message records. A new session belongs to the user; an existing one must
+# be visible to it. A save whose id was already applied (its reply was lost, and it is retried)
+# changes nothing. Returns created flag, created_at, last_activity, metadata, owner, then every
+# message record.
 _SAVE = f"""
 local hash, list, index = KEYS[1], KEYS[2], KEYS[3]
 local now, cutoff, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_messages, max_per_tenant, sid, meta = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local user, user_index = ARGV[8], ARGV[9]
+local user, user_index, save_id = ARGV[8], ARGV[9], ARGV[10]
+local function state(flag)
+  local h = redis.call('HMGET', hash, 'created_at', 'last_activity', 'metadata', 'user_id')
+  local out = {{flag, h[1], h[2], h[3], h[4] or ''}}
+  for _, record in ipairs(redis.call('LRANGE', list, 0, -1)) do
+    out[#out + 1] = record
+  end
+  return out
+end
+if redis.call('HGET', hash, 'save_id') == save_id then
+  return state('0')
+end
 local last = redis.call('HGET', hash, 'last_activity')
 if last and tonumber(last) < cutoff then
   redis.call('DEL', hash, list)
@@ -80,12 +95,12 @@ if not last then
 elseif user ~= '' and redis.call('HGET', hash, 'user_id') ~= user then
   return redis.error_reply('{_NOT_OWNER}')
 end
-redis.call('HSET', hash, 'last_activity', now)
+redis.call('HSET', hash, 'last_activity', now, 'save_id', save_id)
 if meta ~= '' then
   redis.call('HSET', hash, 'metadata', meta)
 end
-if #ARGV > 9 then
-  redis.call('RPUSH', list, unpack(ARGV, 10))
+if #ARGV > 10 then
+  redis.call('RPUSH', list, unpack(ARGV, 11))
   redis.call('LTRIM', list, -max_messages, -1)
 end
 redis.call('PEXPIRE', hash, ttl)
@@ -97,12 +112,7 @@ if owner_index then
   redis.call('ZADD', owner_index, now, sid)
   redis.call('PEXPIRE', owner_index, ttl)
 end
-local h = redis.call('HMGET', hash, 'created_at', 'last_activity', 'metadata', 'user_id')
-local out = {{created, h[1], h[2], h[3], h[4] or ''}}
-for _, record in ipairs(redis.call('LRANGE', list, 0, -1)) do
-  out[#out + 1] = record
-end
-return out
+return state(created)
 """
 
 # KEYS: hash, list. ARGV: cutoff, user ('' for tenant-wide). The owner is checked here, in the read
@@ -161,6 +171,7 @@ class RedisSessionStore:
         lock_timeout: float = 30.0,
         lock_wait: float = 125.0,
         prefix: str = "msev15",
+        retry_window: float = 5.0,
     ) -> None:
         self.client = client  # shared with anything else that wants this Redis (rate limits)
         self.ttl = ttl_seconds
@@ -169,6 +180,7 @@ class RedisSessionStore:
         self.lock_timeout = lock_timeout
         self.lock_wait = lock_wait
         self.prefix = prefix
+        self.retry_window = retry_window
         self._clock = clock
         self._locks = LockTable()
         self._save = client.register_script(_SAVE)
@@ -186,10 +198,22 @@ class RedisSessionStore:
         lock_timeout: float = 30.0,
         lock_wait: float = 125.0,
         prefix: str = "msev15",
+        max_connections: int = 64,
+        pool_wait: float = 5.0,
     ) -> RedisSessionStore:
         """Build the client; no connection yet, so the service starts (unready) while Redis is down."""
-        client = connect(url)
-        store = cls(client, ttl_seconds, max_per_tenant, max_messages, clock, lock_timeout, lock_wait, prefix)
+        client = connect(url, max_connections, pool_wait)
+        store = cls(
+            client,
+            ttl_seconds,
+            max_per_tenant,
+            max_messages,
+            clock,
+            lock_timeout,
+            lock_wait,
+            prefix,
+            pool_wait,
+        )
         try:
             await store.check()
         except SessionStoreUnavailable as exc:
@@ -236,10 +260,7 @@ class RedisSessionStore:
                 ):
                     yield
             finally:
-                try:
-                    await lock.release()
-                except (LockError, RedisError) as exc:  # expired or Redis gone: the timeout frees it
-                    log.warning("could not release the lock on session %r: %s", session_id, exc)
+                await _release(lock, session_id)
 
     # Reads and writes --------------------------------------------------------------------
 
@@ -296,11 +317,11 @@ class RedisSessionStore:
             dumps(metadata) if metadata is not None else "",
             _arg(user),
             self._user_index(tenant_id, user),
+            uuid.uuid4().hex,
             *(dumps(m.to_record()) for m in messages),
         ]
         try:
-            with _unavailable():
-                out = await self._save(keys=self._keys(tenant_id, session_id), args=args)
+            out = await self._retrying(lambda: self._save(keys=self._keys(tenant_id, session_id), args=args))
         except ResponseError as exc:
             if _LIMIT in str(exc):
                 raise SessionLimitError(f"tenant {tenant_id} has reached its limit of sessions") from None
@@ -320,6 +341,21 @@ class RedisSessionStore:
             loads(meta),
             owner or None,
         )
+
+    async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run an idempotent write, again and again while Redis is briefly away (a restart, a
+        failover), for at most `retry_window` seconds: a turn in flight outlives a blip."""
+        deadline = time.monotonic() + self.retry_window
+        pause = 0.05
+        while True:
+            try:
+                with _unavailable():
+                    return await call()
+            except SessionStoreUnavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     async def list(self, tenant_id: str, user: UserScope = ANY_USER) -> list[Session]:
         index = self._user_index(tenant_id, user) or f"{self._tenant(tenant_id)}:index"
@@ -394,17 +430,45 @@ def _arg(user: UserScope) -> str:
     return user if isinstance(user, str) else ""
 
 
-def connect(url: str) -> Redis:
-    """A client that fails fast when Redis is down (the default retries for seconds) and reconnects later."""
-    client: Redis = Redis.from_url(
+def connect(url: str, max_connections: int = 64, pool_wait: float = 5.0) -> Redis:
+    """A client that fails fast when Redis is down (the default retries for seconds) and reconnects
+    later. Its pool is bounded and blocking: a burst waits up to `pool_wait` for a connection
+    instead of being refused ("Too many connections"); each command holds one only while it runs."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=pool_wait,
         decode_responses=True,
         socket_connect_timeout=2.0,
         socket_timeout=5.0,
         health_check_interval=15,
         retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), 2),
     )
-    return client
+    return Redis(connection_pool=pool)
+
+
+_RELEASE_PAUSES = (0.05, 0.2, 0.5)
+
+
+async def _release(lock: Lock, session_id: str) -> None:
+    """Give the turn lock back, retrying a failed release: a lock never outlives its lease, and a
+    retried release lets the next turn go at once instead of waiting for the lease to run out."""
+    for pause in (*_RELEASE_PAUSES, None):
+        try:
+            await lock.release()
+            return
+        except LockError:  # expired (or renewed by nobody): nothing is held any more
+            return
+        except (RedisError, OSError) as exc:
+            if pause is None:
+                log.warning(
+                    "could not release the lock on session %r (%s); it frees itself within %g s",
+                    session_id,
+                    exc,
+                    lock.timeout,
+                )
+                return
+            await asyncio.sleep(pause)
 
 
 async def _reacquire(lock: Lock) -> bool:
