@@ -5,39 +5,86 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 
 BUSY_TIMEOUT_MS = 5000
+T = TypeVar("T")
 
 
-async def connect(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> aiosqlite.Connection:
-    """An autocommit connection with a busy timeout, in WAL mode.
+def open_file(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """An autocommit connection with a busy timeout, in WAL mode (runs in the connection's thread).
 
     Switching a file to WAL does not wait on SQLite's busy handler: when several processes (or
     app instances) open a new file at once, the switch can fail at once with "database is locked".
     It is retried here within the same busy timeout, so start-up is as patient as every query.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = await aiosqlite.connect(path, isolation_level=None)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         deadline = time.monotonic() + busy_timeout_ms / 1000
         pause = 0.005
         while True:
             try:
-                await db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA journal_mode = WAL")
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 if time.monotonic() + pause > deadline:
                     raise
-                await asyncio.sleep(pause)
+                time.sleep(pause)  # this thread only: nothing else runs on this connection yet
                 pause = min(pause * 2, 0.2)
-        await db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA synchronous = NORMAL")
     except BaseException:
-        await db.close()
+        db.close()
         raise
     return db
+
+
+async def connect(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> aiosqlite.Connection:
+    """An aiosqlite connection opened by `open_file`."""
+    return await aiosqlite.Connection(partial(open_file, Path(path), busy_timeout_ms), 64)
+
+
+class SqliteThread:
+    """One sqlite3 connection owned by one thread: a call runs a whole function there, so a store
+    operation of several statements (a transaction) costs one hop off the event loop, not one per
+    statement. Calls run one at a time, in order."""
+
+    def __init__(self, pool: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
+        self._pool = pool
+        self._db = db
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> SqliteThread:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{Path(path).name}")
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(
+                pool, open_file, Path(path), busy_timeout_ms
+            )
+        except BaseException:
+            pool.shutdown(wait=False)
+            raise
+        return cls(pool, db)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(connection, *args)` in the connection's thread."""
+        if self._closed:
+            raise sqlite3.ProgrammingError("the database connection is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, self._db, *args))
+
+    async def close(self) -> None:
+        """Close the connection and end its thread; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._db.close)
+        self._pool.shutdown(wait=True)

@@ -3,6 +3,10 @@
 One host: several Hypercorn workers may share the file. Turns on one session are ordered by an
 asyncio lock inside each process and by a lease row across processes (renewed while a turn
 runs, so a crashed worker's lease simply runs out). Several hosts need the Redis store.
+
+Every store call is one function run in the connection's own thread (one hop off the event
+loop, one short transaction): workers contend only for SQLite's write lock, briefly, never for
+a Python lock held across an await.
 """
 
 from __future__ import annotations
@@ -12,16 +16,15 @@ import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from msev15.jsonio import dumps, loads
 from msev15.principal import ANY_USER, UserScope
 from msev15.stores import database as sqlitedb
+from msev15.stores.database import SqliteThread
 from msev15.stores.sessions.base import (
     LockTable,
     Message,
@@ -33,6 +36,7 @@ from msev15.stores.sessions.base import (
     visible,
 )
 
+T = TypeVar("T")
 BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
 SCHEMA_VERSION = 2  # 2: sessions record their owner (user_id)
 
@@ -75,11 +79,11 @@ def _owned(user: UserScope) -> tuple[str, tuple[str, ...]]:
 
 
 class SqliteSessionStore:
-    """Sessions in a SQLite file (WAL, one reused connection); same rules as the memory store."""
+    """Sessions in a SQLite file (WAL, one connection in its own thread); same rules as the memory store."""
 
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: SqliteThread,
         ttl_seconds: float,
         max_sessions: int,
         max_per_tenant: int,
@@ -97,8 +101,6 @@ class SqliteSessionStore:
         self.lock_wait = lock_wait
         self._clock = clock
         self._locks = LockTable()
-        # One connection: statements of two coroutines must never interleave inside a transaction.
-        self._serial = asyncio.Lock()
         self._owner = uuid.uuid4().hex
 
     @classmethod
@@ -114,18 +116,19 @@ class SqliteSessionStore:
         lock_wait: float = 125.0,
     ) -> SqliteSessionStore:
         """Open (and create) the file, in WAL mode with a busy timeout for other workers."""
-        db = await sqlitedb.connect(path, BUSY_TIMEOUT_MS)
+        db = await SqliteThread.open(path, BUSY_TIMEOUT_MS)
         try:
-            await db.executescript(_SCHEMA)
-            await _add_owner_column(db)
-            await db.execute(_OWNER_INDEX)
-            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            await db.run(_migrate)
         except BaseException:
             await db.close()
             raise
         return cls(
             db, ttl_seconds, max_sessions, max_per_tenant, max_messages, clock, lock_timeout, lock_wait
         )
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        with _unavailable():
+            return await self._db.run(fn, *args)
 
     # Locking ---------------------------------------------------------------------------
 
@@ -142,11 +145,7 @@ class SqliteSessionStore:
                     yield
             finally:
                 try:
-                    await self._write(
-                        "DELETE FROM chat_session_leases"
-                        " WHERE tenant_id = ? AND session_id = ? AND owner = ?",
-                        (tenant_id, session_id, self._owner),
-                    )
+                    await self._call(_drop_lease, tenant_id, session_id, self._owner)
                 except SessionStoreUnavailable:
                     pass  # the lease runs out by itself
 
@@ -154,51 +153,20 @@ class SqliteSessionStore:
         """Take the cross-process lease, polling with a growing pause while another worker holds it."""
         deadline = time.monotonic() + self.lock_wait
         pause = 0.01
-        while True:
-            now = time.time()
-            taken = await self._write(
-                "INSERT INTO chat_session_leases (tenant_id, session_id, owner, expires_at)"
-                " VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (tenant_id, session_id) DO UPDATE"
-                " SET owner = excluded.owner, expires_at = excluded.expires_at"
-                " WHERE chat_session_leases.expires_at < ? OR chat_session_leases.owner = excluded.owner",
-                (tenant_id, session_id, self._owner, now + self.lock_timeout, now),
-            )
-            if taken:
-                return
+        while not await self._call(_take_lease, tenant_id, session_id, self._owner, self.lock_timeout):
             if time.monotonic() + pause > deadline:
                 raise SessionStoreUnavailable("another turn on this session is still running; try again")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.2)
 
     async def _renew_lease(self, tenant_id: str, session_id: str) -> bool:
-        changed = await self._write(
-            "UPDATE chat_session_leases SET expires_at = ?"
-            " WHERE tenant_id = ? AND session_id = ? AND owner = ?",
-            (time.time() + self.lock_timeout, tenant_id, session_id, self._owner),
-        )
-        return changed > 0
+        return await self._call(_renew_lease, tenant_id, session_id, self._owner, self.lock_timeout)
 
     # Reads and writes ------------------------------------------------------------------
 
-    async def _write(self, sql: str, params: Iterable[Any]) -> int:
-        """One autocommit statement; returns the number of rows it changed."""
-        async with self._serial:
-            with _unavailable():
-                cursor = await self._db.execute(sql, tuple(params))
-                await cursor.close()
-                return cursor.rowcount
-
     async def get(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> Session | None:
-        owned, owner = _owned(user)
-        async with self._serial:
-            with _unavailable():
-                async with self._db.execute(
-                    f"SELECT {_COLUMNS} FROM chat_sessions"
-                    " WHERE tenant_id = ? AND session_id = ? AND last_activity >= ?" + owned,
-                    (tenant_id, session_id, self._clock() - self.ttl, *owner),
-                ) as cursor:
-                    row = await cursor.fetchone()
+        cutoff = self._clock() - self.ttl
+        row = await self._call(_read, tenant_id, session_id, cutoff, user)
         return _session(row) if row is not None else None
 
     async def save_turn(
@@ -210,145 +178,212 @@ class SqliteSessionStore:
         user: UserScope = ANY_USER,
     ) -> Session:
         now = self._clock()
-        cutoff = now - self.ttl
-        async with self._serial:
-            with _unavailable():
-                db = self._db
-                # IMMEDIATE: take the write lock now, so two workers never deadlock upgrading a read.
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    async with db.execute(
-                        "SELECT created_at, last_activity, metadata, messages, user_id FROM chat_sessions"
-                        " WHERE tenant_id = ? AND session_id = ?",
-                        (tenant_id, session_id),
-                    ) as cursor:
-                        row = await cursor.fetchone()
-                    if row is not None and row[1] < cutoff:  # expired but not yet purged: start afresh
-                        row = None
-                    if row is None:
-                        await self._make_room(tenant_id, session_id, cutoff)
-                        created, stored_meta, records = now, "{}", []
-                        owner = user if isinstance(user, str) else None
-                    elif not visible(row[4], user):
-                        raise SessionOwnedElsewhere(session_id)
-                    else:
-                        created, stored_meta, records, owner = row[0], row[2], loads(row[3]), row[4]
-                    records.extend(m.to_record() for m in messages)
-                    del records[: max(0, len(records) - self.max_messages)]
-                    meta_text = dumps(metadata) if metadata is not None else stored_meta
-                    await db.execute(
-                        f"INSERT OR REPLACE INTO chat_sessions ({_COLUMNS}, touched)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?,"
-                        " (SELECT COALESCE(MAX(touched), 0) + 1 FROM chat_sessions))",
-                        (tenant_id, session_id, created, now, meta_text, dumps(records), owner),
-                    )
-                    await db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.OperationalError):  # SQLite may have rolled back itself
-                        await db.execute("ROLLBACK")
-                    raise
-        return Session(
-            tenant_id,
-            session_id,
-            created,
-            now,
-            [Message.from_record(r) for r in records],
-            loads(meta_text),
-            owner,
-        )
-
-    async def _make_room(self, tenant_id: str, session_id: str, cutoff: float) -> None:
-        """Before a new session: drop the tenant's expired ones, refuse over the tenant limit, evict LRU."""
-        db = self._db
-        await db.execute(
-            "DELETE FROM chat_sessions WHERE tenant_id = ? AND (last_activity < ? OR session_id = ?)",
-            (tenant_id, cutoff, session_id),
-        )
-        async with db.execute("SELECT COUNT(*) FROM chat_sessions WHERE tenant_id = ?", (tenant_id,)) as cur:
-            (count,) = await cur.fetchone() or (0,)
-        if count >= self.max_per_tenant:
-            raise SessionLimitError(f"tenant {tenant_id} has reached its limit of sessions")
-        async with db.execute("SELECT COUNT(*) FROM chat_sessions") as cur:
-            (total,) = await cur.fetchone() or (0,)
-        if total >= self.max_sessions:
-            await db.execute(
-                "DELETE FROM chat_sessions WHERE (tenant_id, session_id) IN"
-                " (SELECT tenant_id, session_id FROM chat_sessions ORDER BY touched LIMIT ?)",
-                (total - self.max_sessions + 1,),
-            )
+        records = [m.to_record() for m in messages]
+        meta = dumps(metadata) if metadata is not None else None
+        limits = (self.ttl, self.max_sessions, self.max_per_tenant, self.max_messages)
+        row = await self._call(_save, tenant_id, session_id, records, meta, user, now, limits)
+        return _session(row)
 
     async def list(self, tenant_id: str, user: UserScope = ANY_USER) -> list[Session]:
-        owned, owner = _owned(user)
-        async with self._serial:
-            with _unavailable():
-                async with self._db.execute(
-                    f"SELECT {_COLUMNS} FROM chat_sessions WHERE tenant_id = ? AND last_activity >= ?"
-                    + owned
-                    + " ORDER BY last_activity DESC, touched DESC",
-                    (tenant_id, self._clock() - self.ttl, *owner),
-                ) as cursor:
-                    rows = await cursor.fetchall()
+        rows = await self._call(_list, tenant_id, self._clock() - self.ttl, user)
         return [_session(row) for row in rows]
 
     async def delete(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> bool:
-        owned, owner = _owned(user)
-        async with self._serial:
-            with _unavailable():
-                async with self._db.execute(
-                    "DELETE FROM chat_sessions WHERE tenant_id = ? AND session_id = ?"
-                    + owned
-                    + " RETURNING last_activity",
-                    (tenant_id, session_id, *owner),
-                ) as cursor:
-                    row = await cursor.fetchone()
-        return row is not None and row[0] >= self._clock() - self.ttl
+        return await self._call(_delete, tenant_id, session_id, self._clock() - self.ttl, user)
 
     async def purge_expired(self) -> int:
-        removed = await self._write(
-            "DELETE FROM chat_sessions WHERE last_activity < ?", (self._clock() - self.ttl,)
-        )
-        await self._write("DELETE FROM chat_session_leases WHERE expires_at < ?", (time.time(),))
-        return removed
+        return await self._call(_purge, self._clock() - self.ttl)
 
     async def check(self) -> str:
-        async with self._serial:
-            with _unavailable():
-                async with self._db.execute("SELECT 1") as cursor:
-                    await cursor.fetchone()
+        await self._call(_ping)
         return "ok"
 
     async def close(self) -> None:
         await self._db.close()
 
 
-async def _add_owner_column(db: aiosqlite.Connection) -> None:
+# What runs in the connection's thread: plain functions of the connection -----------------------
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    _add_owner_column(db)
+    db.execute(_OWNER_INDEX)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _add_owner_column(db: sqlite3.Connection) -> None:
     """Version 1 files gain the owner column; a worker that loses the race to add it goes on."""
-    async with db.execute("PRAGMA table_info(chat_sessions)") as cursor:
-        columns = {row[1] for row in await cursor.fetchall()}
-    if "user_id" in columns:
+    if "user_id" in {row[1] for row in db.execute("PRAGMA table_info(chat_sessions)")}:
         return
     try:
-        await db.execute(_ADD_OWNER)
+        db.execute(_ADD_OWNER)
     except sqlite3.OperationalError as exc:
         if "duplicate column" not in str(exc).lower():
             raise
 
 
+def _take_lease(db: sqlite3.Connection, tenant_id: str, session_id: str, owner: str, lease: float) -> bool:
+    now = time.time()
+    cursor = db.execute(
+        "INSERT INTO chat_session_leases (tenant_id, session_id, owner, expires_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (tenant_id, session_id) DO UPDATE"
+        " SET owner = excluded.owner, expires_at = excluded.expires_at"
+        " WHERE chat_session_leases.expires_at < ? OR chat_session_leases.owner = excluded.owner",
+        (tenant_id, session_id, owner, now + lease, now),
+    )
+    return cursor.rowcount > 0
+
+
+def _renew_lease(db: sqlite3.Connection, tenant_id: str, session_id: str, owner: str, lease: float) -> bool:
+    cursor = db.execute(
+        "UPDATE chat_session_leases SET expires_at = ? WHERE tenant_id = ? AND session_id = ? AND owner = ?",
+        (time.time() + lease, tenant_id, session_id, owner),
+    )
+    return cursor.rowcount > 0
+
+
+def _drop_lease(db: sqlite3.Connection, tenant_id: str, session_id: str, owner: str) -> None:
+    db.execute(
+        "DELETE FROM chat_session_leases WHERE tenant_id = ? AND session_id = ? AND owner = ?",
+        (tenant_id, session_id, owner),
+    )
+
+
+def _read(db: sqlite3.Connection, tenant_id: str, session_id: str, cutoff: float, user: UserScope) -> Any:
+    owned, owner = _owned(user)
+    return db.execute(
+        f"SELECT {_COLUMNS} FROM chat_sessions WHERE tenant_id = ? AND session_id = ? AND last_activity >= ?"
+        + owned,
+        (tenant_id, session_id, cutoff, *owner),
+    ).fetchone()
+
+
+def _save(
+    db: sqlite3.Connection,
+    tenant_id: str,
+    session_id: str,
+    new_records: list[dict[str, Any]],
+    meta: str | None,
+    user: UserScope,
+    now: float,
+    limits: tuple[float, int, int, int],
+) -> tuple[Any, ...]:
+    ttl, max_sessions, max_per_tenant, max_messages = limits
+    cutoff = now - ttl
+    with _transaction(db):
+        row = db.execute(
+            "SELECT created_at, last_activity, metadata, messages, user_id FROM chat_sessions"
+            " WHERE tenant_id = ? AND session_id = ?",
+            (tenant_id, session_id),
+        ).fetchone()
+        if row is not None and row[1] < cutoff:  # expired but not yet purged: start afresh
+            row = None
+        if row is None:
+            _make_room(db, tenant_id, session_id, cutoff, max_sessions, max_per_tenant)
+            created, stored_meta, records = now, "{}", []
+            owner = user if isinstance(user, str) else None
+        elif not visible(row[4], user):
+            raise SessionOwnedElsewhere(session_id)
+        else:
+            created, stored_meta, records, owner = row[0], row[2], loads(row[3]), row[4]
+        records.extend(new_records)
+        del records[: max(0, len(records) - max_messages)]
+        meta_text = meta if meta is not None else stored_meta
+        saved = (tenant_id, session_id, created, now, meta_text, dumps(records), owner)
+        db.execute(
+            f"INSERT OR REPLACE INTO chat_sessions ({_COLUMNS}, touched) VALUES (?, ?, ?, ?, ?, ?, ?,"
+            " (SELECT COALESCE(MAX(touched), 0) + 1 FROM chat_sessions))",
+            saved,
+        )
+    return saved
+
+
+def _make_room(
+    db: sqlite3.Connection,
+    tenant_id: str,
+    session_id: str,
+    cutoff: float,
+    max_sessions: int,
+    max_per_tenant: int,
+) -> None:
+    """Before a new session: drop the tenant's expired ones, refuse over the tenant limit, evict LRU."""
+    db.execute(
+        "DELETE FROM chat_sessions WHERE tenant_id = ? AND (last_activity < ? OR session_id = ?)",
+        (tenant_id, cutoff, session_id),
+    )
+    (count,) = db.execute("SELECT COUNT(*) FROM chat_sessions WHERE tenant_id = ?", (tenant_id,)).fetchone()
+    if count >= max_per_tenant:
+        raise SessionLimitError(f"tenant {tenant_id} has reached its limit of sessions")
+    (total,) = db.execute("SELECT COUNT(*) FROM chat_sessions").fetchone()
+    if total >= max_sessions:
+        db.execute(
+            "DELETE FROM chat_sessions WHERE (tenant_id, session_id) IN"
+            " (SELECT tenant_id, session_id FROM chat_sessions ORDER BY touched LIMIT ?)",
+            (total - max_sessions + 1,),
+        )
+
+
+def _list(db: sqlite3.Connection, tenant_id: str, cutoff: float, user: UserScope) -> list[Any]:
+    owned, owner = _owned(user)
+    return db.execute(
+        f"SELECT {_COLUMNS} FROM chat_sessions WHERE tenant_id = ? AND last_activity >= ?"
+        + owned
+        + " ORDER BY last_activity DESC, touched DESC",
+        (tenant_id, cutoff, *owner),
+    ).fetchall()
+
+
+def _delete(db: sqlite3.Connection, tenant_id: str, session_id: str, cutoff: float, user: UserScope) -> bool:
+    owned, owner = _owned(user)
+    row = db.execute(
+        "DELETE FROM chat_sessions WHERE tenant_id = ? AND session_id = ?"
+        + owned
+        + " RETURNING last_activity",
+        (tenant_id, session_id, *owner),
+    ).fetchone()
+    return row is not None and row[0] >= cutoff
+
+
+def _purge(db: sqlite3.Connection, cutoff: float) -> int:
+    removed = db.execute("DELETE FROM chat_sessions WHERE last_activity < ?", (cutoff,)).rowcount
+    db.execute("DELETE FROM chat_session_leases WHERE expires_at < ?", (time.time(),))
+    return removed
+
+
+def _ping(db: sqlite3.Connection) -> None:
+    db.execute("SELECT 1").fetchone()
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """IMMEDIATE: take the write lock first, so two workers never deadlock upgrading a read."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.OperationalError):  # SQLite may have rolled back itself
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def _session(row: Any) -> Session:
     tenant_id, session_id, created, last, meta, records, owner = row
+    records = loads(records) if isinstance(records, str) else records
     return Session(
         tenant_id,
         session_id,
         created,
         last,
-        [Message.from_record(r) for r in loads(records)],
+        [Message.from_record(r) for r in records],
         loads(meta),
         owner,
     )
 
 
 @contextlib.contextmanager
-def _unavailable() -> Any:
+def _unavailable() -> Iterator[None]:
     """SQLite failures (file locked past the busy timeout, disk errors) become a clear 503."""
     try:
         yield
