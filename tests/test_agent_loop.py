@@ -155,7 +155,13 @@ async def test_a_tool_call_then_an_answer_and_the_model_sees_the_result(
     assert isinstance(done, DoneEvent) and done.message == "It has shipped."
     stored = await sessions.get(TENANT, SESSION)
     assert stored is not None and stored.messages[-1].tool_calls == [
-        {"id": call.id, "name": "lookup_order", "arguments": {"order_id": "A1"}, "ok": True}
+        {
+            "id": call.id,
+            "name": "lookup_order",
+            "arguments": {"order_id": "A1"},
+            "ok": True,
+            "result": result.content,  # what the model read, so later turns can read it too
+        }
     ]
 
 
@@ -211,7 +217,7 @@ async def test_a_consequential_call_waits_for_approval_then_runs_once(
     )
     assert len(model.requests) == 1  # the customer decides before the model goes on
     assert shop.cancelled == []
-    assert text(events) == "Please confirm: Cancel order A1. Reply with Confirm or Decline."
+    assert text(events) == 'Please confirm: Cancel order A1. Reply "yes" to go ahead or "no" to leave it.'
     stored = await sessions.get(TENANT, SESSION)
     assert stored is not None
     assert [p["id"] for p in stored.metadata["pending_approvals"]] == [proposal.id]

@@ -147,8 +147,10 @@ async def test_new_message_declines_pending(
         {"id": approval["id"], "name": "cancel_order", "arguments": CANCEL, "ok": False}
     ]
     sent = openai_server.requests[-1]["messages"]
-    assert sent[-1] == {"role": "user", "content": "actually, never mind"}
-    assert "declined by the customer" in sent[-2]["content"]
+    # The customer's message, then the call it declined (decided because of it), then its result.
+    assert sent[-3] == {"role": "user", "content": "actually, never mind"}
+    assert sent[-2]["tool_calls"][0]["id"] == approval["id"]
+    assert sent[-1]["role"] == "tool" and "declined by the customer" in sent[-1]["content"]
     late = await model_client.post(
         "/api/v1/chat", json={"session_id": "s", "approvals": [{"id": approval["id"], "approve": True}]}
     )
@@ -373,3 +375,143 @@ async def test_what_the_rules_refuse_is_refused_at_once(
     assert [await order_status(model_app, o) for o in ("ORD-1001", "ORD-1002")] == ["pending", "shipped"]
     audit = await (await model_client.get("/api/v1/audit?session_id=s")).get_json()
     assert [(e["tool"], e["ok"]) for e in audit["events"]] == [(name, False)]
+
+
+# Typed answers (API.md "Confirmation": the service reads them, never the model) -------------
+
+
+@pytest.mark.parametrize("typed", ["yes", "  Yes please! ", "OK.", "go ahead", "Confirm", "yes, please"])
+async def test_a_typed_yes_approves_exactly_as_approvals(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI, typed: str
+) -> None:
+    approval = (await propose(model_client, openai_server))["approvals_required"][0]
+    assert (
+        '"yes"'
+        in (await (await model_client.get("/api/v1/sessions/s/history")).get_json())["messages"][-1][
+            "content"
+        ]
+    )  # the request to confirm names the word to type
+    openai_server.push(Reply.say("Your order is cancelled."))
+    response = await model_client.post("/api/v1/chat/stream", json={"session_id": "s", "message": typed})
+    events = sse_events(await response.get_data())
+    [call] = [e for e in events if e["type"] == "tool_call"]
+    [result] = [e for e in events if e["type"] == "tool_result"]
+    assert call["id"] == result["id"] == approval["id"] and call["arguments"] == CANCEL
+    assert result["ok"] is True and result["name"] == "cancel_order"
+    assert events[-1]["type"] == "done" and events[-1]["message"] == "Your order is cancelled."
+    assert await order_status(model_app, "ORD-1001") == "cancelled"
+    # The model never judged the answer: it was asked once, after the action ran.
+    assert len(openai_server.requests) == 2
+    sent = openai_server.requests[-1]["messages"]
+    assert sent[-3] == {"role": "user", "content": typed}
+    assert sent[-1]["role"] == "tool" and sent[-1]["tool_call_id"] == approval["id"]
+
+    history = await (await model_client.get("/api/v1/sessions/s/history")).get_json()
+    assert "pending_approvals" not in history["metadata"]
+    assert [m["content"] for m in history["messages"][-2:]] == [typed, "Your order is cancelled."]
+    assert history["messages"][-1]["tool_calls"] == [
+        {
+            "id": approval["id"],
+            "name": "cancel_order",
+            "arguments": CANCEL,
+            "ok": True,
+            "decision": "approved",
+        }
+    ]
+    audit = await (await model_client.get("/api/v1/audit?session_id=s")).get_json()
+    assert [(e["tool"], e.get("decision"), e["ok"]) for e in audit["events"]] == [
+        ("cancel_order", None, True),
+        ("cancel_order", "approved", None),
+    ]
+    late = await model_client.post(
+        "/api/v1/chat", json={"session_id": "s", "approvals": [{"id": approval["id"], "approve": True}]}
+    )
+    assert (
+        late.status_code == 400
+        and "already answered (approved)" in (await late.get_json())["error"]["message"]
+    )
+
+
+@pytest.mark.parametrize("typed", ["no", "Nope.", "don't", "DO NOT!", "stop", "no thanks"])
+async def test_a_typed_no_declines_everything_pending(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI, typed: str
+) -> None:
+    openai_server.push(
+        Reply.calls(
+            ("cancel_order", CANCEL),
+            ("request_return", {**CANCEL, "order_id": "ORD-1003", "reason": "too big"}),
+        )
+    )
+    await model_client.post("/api/v1/chat", json={"session_id": "n", "message": "cancel and return"})
+    openai_server.push(Reply.say("Alright, I left both orders as they are."))
+    body = await (
+        await model_client.post("/api/v1/chat", json={"session_id": "n", "message": typed})
+    ).get_json()
+    assert [(c["name"], c["ok"]) for c in body["tool_calls"]] == [
+        ("cancel_order", False),
+        ("request_return", False),
+    ]
+    assert body["message"] == "Alright, I left both orders as they are."
+    tool_messages = [m for m in openai_server.requests[-1]["messages"] if m["role"] == "tool"]
+    assert all("declined by the customer" in m["content"] for m in tool_messages[-2:])
+    assert [await order_status(model_app, o) for o in ("ORD-1001", "ORD-1003")] == ["pending", "delivered"]
+    audit = await (await model_client.get("/api/v1/audit?session_id=n")).get_json()
+    assert [e.get("decision") for e in audit["events"]] == ["declined", "declined"]
+
+
+async def test_a_typed_yes_to_several_actions_runs_each_and_rechecks_the_rules(
+    model_app: Quart, model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+) -> None:
+    openai_server.push(
+        Reply.calls(
+            ("cancel_order", CANCEL),
+            ("request_return", {**CANCEL, "order_id": "ORD-1003", "reason": "too big"}),
+        )
+    )
+    body = await (
+        await model_client.post("/api/v1/chat", json={"session_id": "y", "message": "cancel and return"})
+    ).get_json()
+    assert 'Reply "yes" to go ahead with all of them or "no" to leave them all.' in body["message"]
+    found: Services = model_app.extensions[EXTENSION_KEY]
+    assert found.orders is not None
+    await found.orders.set_status("default", "ORD-1001", "shipped")  # it shipped while the customer read
+    openai_server.push(Reply.say("One done, one not possible."))
+    body = await (
+        await model_client.post("/api/v1/chat", json={"session_id": "y", "message": "Yes"})
+    ).get_json()
+    assert [(c["name"], c["ok"]) for c in body["tool_calls"]] == [
+        ("cancel_order", False),
+        ("request_return", True),
+    ]
+    refusal = next(
+        m
+        for m in openai_server.requests[-1]["messages"]
+        if m.get("tool_call_id") == body["tool_calls"][0]["id"]
+    )
+    assert "shipped" in refusal["content"]  # the rules ran again when the approved action ran
+    assert [await order_status(model_app, o) for o in ("ORD-1001", "ORD-1003")] == [
+        "shipped",
+        "return_requested",
+    ]
+
+
+async def test_a_typed_yes_does_not_run_an_expired_action(
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
+) -> None:
+    app = create_app(make_model_settings(approval_ttl_seconds=10))
+    async with app.test_app():
+        client = app.test_client()
+        await propose(client, openai_server)
+        found: Services = app.extensions[EXTENSION_KEY]
+        session = await found.sessions.get("default", "s")
+        assert session is not None
+        session.metadata["pending_approvals"][0]["expires"] -= 11
+        openai_server.push(Reply.say("That request expired; shall I ask again?"))
+        body = await (
+            await client.post("/api/v1/chat", json={"session_id": "s", "message": "yes"})
+        ).get_json()
+        assert body["tool_calls"][0]["ok"] is False
+        assert "expired" in openai_server.requests[-1]["messages"][-1]["content"]
+        assert await order_status(app, "ORD-1001") == "pending"
+        audit = await (await client.get("/api/v1/audit")).get_json()
+        assert [e.get("decision") for e in audit["events"]] == ["expired"]

@@ -410,9 +410,13 @@ async def test_a_declined_action_is_reported_as_not_done() -> None:
 
 
 def approval_turn(
-    history: list[dict[str, Any]], name: str, arguments: dict[str, Any], error: str | None
+    history: list[dict[str, Any]],
+    name: str,
+    arguments: dict[str, Any],
+    error: str | None,
+    typed: str | None = None,
 ) -> list[Any]:
-    """What the agent sends after an approval decision: the decided call, no new user message."""
+    """What the agent sends after a decision: the typed message (if any), then the decided call."""
     call = {
         "id": "ap_1",
         "type": "function",
@@ -425,29 +429,31 @@ def approval_turn(
     )
     return [
         *history,
+        *([user(typed)] if typed is not None else []),
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "ap_1", "content": content},
     ]
 
 
-async def test_outcome_of_an_approval_and_a_typed_confirmation() -> None:
+async def test_outcome_of_an_approval_and_of_a_typed_answer() -> None:
     history = [
         *conversation(f"Cancel ORD-1001, {ALICE}"),
-        assistant("Please confirm: Cancel order ORD-1001."),
+        assistant('Please confirm: Cancel order ORD-1001. Reply "yes" to go ahead or "no" to leave it.'),
     ]
     arguments = {"order_id": "ORD-1001", "customer_email": ALICE, "reason": "requested by the customer"}
+    done = "Done: order ORD-1001 is cancelled (reason: requested by the customer)."
     approved = await run(approval_turn(history, "cancel_order", arguments, None))
-    assert approved.text == "Done: order ORD-1001 is cancelled (reason: requested by the customer)."
-    # Typing "Confirm" instead of pressing the button declined the pending call: it is proposed again.
-    typed = [*approval_turn(history, "cancel_order", arguments, "declined by the customer"), user("Confirm")]
-    again = await run(typed)
-    assert again.calls == [("cancel_order", arguments)]
-    typed[-1] = user("no, leave it")
-    refused = await run(typed)
-    assert refused.calls == [] and "I did not cancel order ORD-1001" in refused.text
-    # Moving on to something else also leaves it undone, and the answer says so.
-    typed[-1] = user("What is your return policy?")
-    moved_on = await run(typed)
+    assert approved.text == done
+    # The service read a typed "yes" and ran the call: the model words the outcome, nothing more.
+    typed_yes = await run(approval_turn(history, "cancel_order", arguments, None, typed="yes"))
+    assert typed_yes.calls == [] and typed_yes.text == done
+    declined = "declined by the customer"
+    typed_no = await run(approval_turn(history, "cancel_order", arguments, declined, typed="no"))
+    assert typed_no.calls == [] and "I did not cancel order ORD-1001" in typed_no.text
+    # Moving on to something else declined it: the answer says so, then serves the new request.
+    moved_on = await run(
+        approval_turn(history, "cancel_order", arguments, declined, typed="What is your return policy?")
+    )
     assert moved_on.calls == [("get_policy", {"topic": "returns"})]
     assert moved_on.text.startswith("(I did not cancel order ORD-1001, as it was not confirmed.)")
 
@@ -591,22 +597,20 @@ async def test_cancel_waits_for_approval_then_words_the_outcome(
     assert events[-1]["message"].startswith(NOTE) and "Please confirm" in events[-1]["message"]
     assert await order_status(app, "ORD-1001") == "pending"
 
-    # Typing "Confirm" declines the pending card (API.md); the model proposes the same action again.
+    # Typing "Confirm" approves it, exactly as the approval does (API.md "Confirmation").
     events = await chat_stream(client, "e4", "Confirm")
-    assert of_type(events, "tool_result")[0]["error"] == "declined by the customer"
-    [approval] = of_type(events, "approval_required")
-    assert approval["arguments"] == first["arguments"] and approval["id"] != first["id"]
-    assert await order_status(app, "ORD-1001") == "pending"
-
-    response = await client.post(
-        "/api/v1/chat/stream",
-        json={"session_id": "e4", "approvals": [{"id": approval["id"], "approve": True}]},
-    )
-    events = sse_events(await response.get_data())
-    assert of_type(events, "tool_result")[0]["ok"] is True
-    assert events[-1]["type"] == "done"
+    [result] = of_type(events, "tool_result")
+    assert result["id"] == first["id"] and result["ok"] is True
+    assert of_type(events, "approval_required") == []
     assert events[-1]["message"] == "Done: order ORD-1001 is cancelled (reason: requested by the customer)."
     assert await order_status(app, "ORD-1001") == "cancelled"
+
+    # Asking again is refused at once: nothing to confirm.
+    events = await chat_stream(client, "e4", "Cancel ORD-1001 please")
+    assert of_type(events, "approval_required") == []
+    [refused] = of_type(events, "tool_result")
+    assert refused["ok"] is False and "already cancelled" in refused["error"]
+    assert "already cancelled" in events[-1]["message"]
 
 
 async def test_mcp_down_says_the_catalog_is_unavailable(client: TestClientProtocol) -> None:

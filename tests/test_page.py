@@ -377,3 +377,42 @@ async def test_offline_model_approval_card_survives_reload_and_confirms(
         await expect(page.locator(".approval-card")).to_have_count(0)
         await page.context.close()
         assert errors == []
+
+
+async def test_typing_yes_does_what_the_confirm_button_does(settings: Settings, browser: Browser) -> None:
+    """A typed "yes" approves the card's action on the server, and the card ends as after Confirm."""
+    async with serve_on_loopback(create_app(settings)) as port:
+        base = f"http://127.0.0.1:{port}"
+        page, errors = await _page(browser)
+        await page.goto(base)
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "ws")
+        await _send(page, "Cancel ORD-1001, I'm alice@example.com")
+        card = page.locator(".approval-card")
+        await expect(card).to_have_attribute("data-state", "pending")
+        await expect(_answers(page).last.locator(".md").last).to_contain_text('Reply "yes" to go ahead')
+
+        await _send(page, "yes")
+        await expect(card).to_have_attribute("data-state", "done")
+        await expect(card.locator(".approval-outcome")).to_have_text("Done.")
+        await expect(card.get_by_role("button", name="Confirm")).to_be_hidden()  # answered, as after a click
+        step = page.locator(".tool-step[data-tool='cancel_order']")
+        await expect(step).to_have_attribute("data-state", "ok")
+        await expect(_answers(page).last).to_have_attribute("data-state", "done")
+        await expect(_answers(page).last.locator(".md")).to_contain_text("order ORD-1001 is cancelled")
+        _, history = await _history(base, await _session_id(page))
+        assert history["messages"][-2]["content"] == "yes"
+        assert history["messages"][-1]["tool_calls"][0]["decision"] == "approved"
+        assert "pending_approvals" not in history["metadata"]
+
+        # A typed "no" declines, and the card says so; nothing changes.
+        await _send(page, "Cancel ORD-1004, I'm bob@example.com")
+        second = page.locator(".approval-card").last
+        await expect(second).to_have_attribute("data-state", "pending")
+        await _send(page, "No.")
+        await expect(second).to_have_attribute("data-state", "declined")
+        await expect(second.locator(".approval-outcome")).to_have_text("Declined: nothing was changed.")
+        await expect(_answers(page).last.locator(".md")).to_contain_text("I did not cancel order ORD-1004")
+        await page.reload()
+        await expect(page.locator(".approval-card")).to_have_count(0)  # nothing is left pending
+        await page.context.close()
+        assert errors == []

@@ -10,7 +10,16 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from msev15.agent.approvals import ApprovalBook, ApprovalError, confirmation_request
+from msev15.agent.approvals import (
+    DECLINED,
+    EXPIRED,
+    ApprovalBook,
+    ApprovalError,
+    Decision,
+    Pending,
+    confirmation_request,
+    typed_answer,
+)
 from msev15.agent.events import (
     ApprovalRequiredEvent,
     DoneEvent,
@@ -21,6 +30,7 @@ from msev15.agent.events import (
     ToolResultEvent,
     Turn,
 )
+from msev15.agent.history import call_record, model_history, size
 from msev15.agent.model import ModelClient, ModelUnavailable, TextDelta, ToolCallRequest
 from msev15.jsonio import dumps
 from msev15.principal import ANY_USER
@@ -238,34 +248,23 @@ class Agent:
                     await asyncio.shield(self._save_partial(cx))
 
     async def _decide(self, cx: _Context) -> AsyncIterator[Event]:
-        """Answer pending approvals: approved ones run now with their stored arguments, at most once."""
-        if cx.turn.approvals:
-            taken = cx.book.take([(a.id, a.approve) for a in cx.turn.approvals], time.time())
-            # Persist the removal before acting, so a repeated answer can never run the action again.
-            await self.sessions.save_turn(
-                cx.turn.tenant_id, cx.turn.session_id, [], metadata=cx.metadata(), user=cx.turn.scope
-            )
-        elif cx.user is not None and cx.book.pending:
-            taken = [(p, False) for p in cx.book.take_all()]
-        else:
-            return
-        for pending, approve in taken:
+        """Answer pending approvals: approved ones run now with their stored arguments, at most once.
+
+        The answers come from the request's `approvals`, or from a plain message, which the service
+        reads itself (API.md "Confirmation"): a typed yes approves everything pending, anything
+        else declines it.
+        """
+        taken = await self._answers(cx)
+        for pending, decision in taken:
             if self.decisions is not None:
-                decision = "approved" if approve else "declined"
                 await self.decisions.decision(cx.tool_ctx, pending.name, pending.arguments, decision)
             yield ToolCallEvent(pending.id, pending.name, pending.arguments)
-            if approve:
+            if decision == "approved":
                 result = await self.tools.call(pending.name, pending.arguments, cx.tool_ctx)
             else:
-                result = ToolResult(False, None, "declined by the customer")
+                result = ToolResult(False, None, DECLINED if decision == "declined" else EXPIRED)
             cx.state.tool_calls.append(
-                {
-                    "id": pending.id,
-                    "name": pending.name,
-                    "arguments": pending.arguments,
-                    "ok": result.ok,
-                    "decision": "approved" if approve else "declined",
-                }
+                call_record(pending.id, pending.name, pending.arguments, result, decision)
             )
             call = {
                 "id": pending.id,
@@ -275,6 +274,21 @@ class Agent:
             cx.prelude.append({"role": "assistant", "content": None, "tool_calls": [call]})
             cx.prelude.append({"role": "tool", "tool_call_id": pending.id, "content": result.for_model()})
             yield ToolResultEvent(pending.id, pending.name, result.ok, result.content, result.error)
+
+    async def _answers(self, cx: _Context) -> list[tuple[Pending, Decision]]:
+        """The decided approvals, removed from the book; a removal that lets an action run is stored first."""
+        if cx.turn.approvals:
+            taken = cx.book.take([(a.id, a.approve) for a in cx.turn.approvals], time.time())
+        elif cx.user is not None and cx.book.pending:
+            taken = cx.book.take_all(typed_answer(cx.user.content) is True, time.time())
+        else:
+            return []
+        if cx.turn.approvals or any(decision == "approved" for _, decision in taken):
+            # Persist the removal before acting, so a repeated answer can never run the action again.
+            await self.sessions.save_turn(
+                cx.turn.tenant_id, cx.turn.session_id, [], metadata=cx.metadata(), user=cx.turn.scope
+            )
+        return taken
 
     async def _loop(self, cx: _Context) -> AsyncIterator[Event]:
         messages = self._model_messages(cx)
@@ -338,27 +352,21 @@ class Agent:
         else:
             yield ToolCallEvent(call.id, call.name, shown)
             result = await self.tools.call(call.name, call.arguments, cx.tool_ctx)
-        cx.state.tool_calls.append({"id": call.id, "name": call.name, "arguments": shown, "ok": result.ok})
+        cx.state.tool_calls.append(call_record(call.id, call.name, shown, result))
         messages.append({"role": "tool", "tool_call_id": call.id, "content": result.for_model()})
         yield ToolResultEvent(call.id, call.name, result.ok, result.content, result.error)
 
     def _model_messages(self, cx: _Context) -> list[dict[str, Any]]:
-        """Instructions, as much recent history as the budget allows, decided calls, the new message."""
-        new: list[dict[str, Any]] = list(cx.prelude)
+        """Instructions, as much recent history as the budget allows, the new message, decided calls.
+
+        The customer's message comes before the calls it decided: they were decided because of it.
+        """
+        new: list[dict[str, Any]] = []
         if cx.user is not None:
             new.append({"role": "user", "content": cx.user.content})
-        budget = self.limits.context_chars - len(self.instructions) - sum(len(str(m["content"])) for m in new)
-        history: list[dict[str, Any]] = []
-        if cx.session is not None:
-            for message in reversed(cx.session.messages):
-                budget -= len(message.content)
-                if budget < 0:
-                    break
-                history.append({"role": message.role, "content": message.content})
-            history.reverse()
-            # A window must not open on an assistant reply whose question was dropped.
-            while history and history[0]["role"] != "user":
-                history.pop(0)
+        new += cx.prelude
+        budget = self.limits.context_chars - len(self.instructions) - size(new)
+        history = model_history(cx.session.messages, budget) if cx.session is not None else []
         return [{"role": "system", "content": self.instructions}, *history, *new]
 
     async def _save(self, cx: _Context, interrupted: bool) -> Session:

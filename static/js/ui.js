@@ -124,6 +124,9 @@ export class ToolStep {
   }
 }
 
+/** The error of a declined action's tool_result (API.md "Confirmation"). */
+const DECLINED = "declined by the customer";
+
 /** A card asking the customer to confirm a consequential action. */
 export class ApprovalCard {
   constructor({ id, name, arguments: args, summary }, onAnswer) {
@@ -167,10 +170,20 @@ export class ApprovalCard {
     return this.node.dataset.state === "pending";
   }
 
-  /** The tool result that followed the decision. */
+  get answering() {
+    return this.node.dataset.state === "answering";
+  }
+
+  /** The customer typed a message instead of pressing a button: the service reads it and decides. */
+  awaitAnswer() {
+    this.setState("answering", "Reading your reply…");
+  }
+
+  /** The tool result that followed the decision: a typed "yes" ends here exactly like Confirm. */
   result({ ok, error }) {
     if (ok) this.setState("done", "Done.");
-    else this.setState(this.node.dataset.state === "declined" ? "declined" : "failed", error || "It did not work.");
+    else if (error === DECLINED) this.setState("declined", "Declined: nothing was changed.");
+    else this.setState("failed", error || "It did not work.");
   }
 }
 

@@ -49,12 +49,6 @@ _PRODUCT_TAIL = re.compile(r"\s*(?:in stock|available|cost|costs|please|for sale
 _LEADING_ARTICLE = re.compile(r"^(?:any|some|a|an|the|your)\s+", _I)
 _GREETING_LEAD = re.compile(r"^\W*(?:hi|hello|hey|good (?:morning|afternoon|evening))\b[\s,!.]*", _I)
 
-# Answers to a confirmation the customer typed instead of using the approval buttons.
-AFFIRM = re.compile(
-    r"^\W*(?:yes|yep|yeah|sure|ok(?:ay)?|confirm(?:ed)?|approved?|go ahead|do it|please do)\b", _I
-)
-NEGATE = re.compile(r"^\W*(?:no|nope|decline[ds]?|don'?t|do not|never ?mind|stop)\b", _I)
-
 TOPICS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("returns", re.compile(r"return|refund|exchange", _I)),
     ("warranty", re.compile(r"warrant|guarantee|repair", _I)),

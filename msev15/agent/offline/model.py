@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from msev15.agent.approvals import DECLINED, EXPIRED, typed_answer
 from msev15.agent.model import ModelEvent, ModelFinish, TextDelta, ToolCallRequest
-from msev15.agent.offline.intents import AFFIRM, NEGATE, Understanding, understand
+from msev15.agent.offline.intents import Understanding, understand
 from msev15.agent.offline.wording import (
-    DECLINED,
     NOTE,
     ToolOutcome,
     ask,
@@ -97,24 +97,27 @@ def respond(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Repl
 
 def _respond(messages: list[dict[str, Any]], available: set[str]) -> Reply:
     seen = _read(messages)
-    if seen.outcomes:
+    current = seen.user_texts[-1] if seen.user_texts else ""
+    moved_on = (
+        seen.outcomes
+        if seen.fresh and typed_answer(current) is None and all(map(_undecided, seen.outcomes))
+        else []
+    )
+    if seen.outcomes and not moved_on:
         # The answer follows this turn's preface ("Let me look up ...") as a new paragraph.
         lead = "\n\n" if seen.spoke_this_turn else ""
         return Reply(lead + "\n\n".join(word_outcome(o) for o in seen.outcomes))
-    current = seen.user_texts[-1] if seen.user_texts else ""
     if not current.strip():
         return Reply("Is there anything else I can help you with?")
-    if seen.declined and AFFIRM.search(current):
-        # The customer typed "Confirm" instead of answering the approval, which declined it: propose again.
-        again = [(o.name, o.arguments) for o in seen.declined if o.name in available and o.arguments]
-        if again:
-            return Reply(" ".join(preface(name, args) for name, args in again), again)
-    if seen.declined and NEGATE.search(current):
-        return Reply("\n\n".join(word_outcome(o) for o in seen.declined))
     reply = _act(understand(seen.user_texts), available)
-    if seen.declined:
-        reply.text = "\n".join(not_confirmed(o) for o in seen.declined) + "\n\n" + reply.text
+    if moved_on:  # the customer wrote something else while actions waited, which declined them
+        reply.text = "\n".join(not_confirmed(o) for o in moved_on) + "\n\n" + reply.text
     return reply
+
+
+def _undecided(outcome: ToolOutcome) -> bool:
+    """An action the service declined because the customer's message was not a yes."""
+    return not outcome.ok and outcome.error.strip() in (DECLINED, EXPIRED)
 
 
 def _act(found: Understanding, available: set[str]) -> Reply:
@@ -147,36 +150,32 @@ class _Seen:
     """What the model needs from the messages it was given."""
 
     user_texts: list[str] = field(default_factory=list)  # every user message; the last is the newest
-    outcomes: list[ToolOutcome] = field(default_factory=list)  # tool results after the newest one
+    outcomes: list[ToolOutcome] = field(default_factory=list)  # tool results since the last text
     spoke_this_turn: bool = False  # this turn already said something before its tool calls
-    declined: list[ToolOutcome] = field(default_factory=list)  # approvals declined just before it
+    fresh: bool = False  # the results follow the newest customer message directly (decided by it)
 
 
 def _read(messages: list[dict[str, Any]]) -> _Seen:
-    """Split the conversation into the customer's messages, this turn's results and just-declined calls."""
+    """The customer's messages, and the tool results since the last thing anyone said."""
     seen = _Seen()
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     calls: dict[str, tuple[str, dict[str, Any]]] = {}
-    before: list[ToolOutcome] = []  # results since the last assistant text, before the newest user message
-    for index, message in enumerate(messages):
+    for message in messages:
         role = message.get("role")
         text = _text(message.get("content"))
         if role == "user":
             seen.user_texts.append(text)
+            seen.outcomes, seen.fresh, seen.spoke_this_turn = [], True, False
         elif role == "assistant":
             if text.strip():
-                before = []
-                # History holds text only; this turn's preface travels with its tool calls.
-                said_with_calls = index > last_user and bool(message.get("tool_calls"))
-                seen.spoke_this_turn = seen.spoke_this_turn or said_with_calls
+                # Earlier turns come back as calls, results, then the text that answered them.
+                seen.outcomes, seen.fresh = [], False
+                seen.spoke_this_turn = bool(message.get("tool_calls"))
             for call in message.get("tool_calls") or ():
                 function = call.get("function") or {}
                 name, arguments = str(function.get("name", "")), _json_object(function.get("arguments"))
                 calls[str(call.get("id"))] = (name, arguments)
         elif role == "tool":
-            outcome = _outcome(*calls.get(str(message.get("tool_call_id")), ("", {})), text)
-            (seen.outcomes if index > last_user else before).append(outcome)
-    seen.declined = [o for o in before if not o.ok and o.error.strip().lower() == DECLINED]
+            seen.outcomes.append(_outcome(*calls.get(str(message.get("tool_call_id")), ("", {})), text))
     return seen
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from msev15.agent.approvals import DECLINED
 from msev15.agent.offline.intents import Understanding
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,6 @@ NOTE = (
     "(Note: I am the built-in offline assistant, because no AI model is configured; "
     "I understand the common requests only.)\n\n"
 )
-DECLINED = "declined by the customer"
 ORDER_TOOLS = frozenset(
     {"get_order", "find_customer_orders", "cancel_order", "update_shipping_address", "request_return"}
 )
@@ -149,7 +149,7 @@ def word_outcome(outcome: ToolOutcome) -> str:
     """A plain answer from one tool result, whatever its shape."""
     verb = _VERBS.get(outcome.name, "do that").format_map(_Blank(outcome.arguments))
     if not outcome.ok:
-        if outcome.error.strip().lower() == DECLINED:
+        if outcome.error.strip() == DECLINED:
             return f"Understood: I did not {verb}. Nothing was changed."
         hint = ""
         if outcome.name in ORDER_TOOLS | {"send_order_confirmation"} and re.search(

@@ -17,11 +17,17 @@ log = logging.getLogger(__name__)
 SessionKey = tuple[str, str]  # (tenant_id, session_id): a tuple, since ids may contain ':'
 
 
+# Kept in the record for the model's later turns, left out of the public history (API.md's shape).
+PRIVATE_CALL_FIELDS = frozenset({"result"})
+
+
 @dataclass(slots=True)
 class Message:
     role: str  # "user" | "assistant"
     content: str
     timestamp: float
+    # [{id, name, arguments, ok, decision?, result?}]: `result` is what the model read back (clipped);
+    # records written before results were kept have none, and still load.
     tool_calls: list[dict[str, Any]] | None = None
     interrupted: bool = False
 
@@ -30,7 +36,9 @@ class Message:
 
         out: dict[str, Any] = {"role": self.role, "content": self.content, "timestamp": iso(self.timestamp)}
         if self.tool_calls:
-            out["tool_calls"] = self.tool_calls
+            out["tool_calls"] = [
+                {k: v for k, v in call.items() if k not in PRIVATE_CALL_FIELDS} for call in self.tool_calls
+            ]
         if self.interrupted:
             out["interrupted"] = True
         return out
