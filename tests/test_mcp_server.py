@@ -14,6 +14,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from msev15 import ROOT
+from msev15.mcp_server import catalog
 from msev15.mcp_server import server as mcp_server
 from tests.mcp_fixtures import McpProcess, make_orders_db, running_mcp
 
@@ -64,6 +65,53 @@ async def test_search_products_ranks_by_term_overlap(server: McpProcess) -> None
     assert first["price"] == "199.99" and first["currency"] == "USD"
     assert isinstance(first["stock"], int) and first["in_stock"] is True
     assert text == json.dumps(body, ensure_ascii=False, separators=(",", ":"))  # compact JSON
+
+
+@pytest.mark.parametrize(
+    ("query", "arguments", "skus"),
+    [
+        # The issue's question: one mouse, not earbuds, a controller, headphones and an SSD.
+        ("Do you sell wireless mice? What's the cheapest one?", {}, ["MSE-WL500"]),
+        ("cheapest wireless", {}, ["MSE-WL500", "CTL-GAME", "EAR-BT200", "HDP-NC100"]),
+        ("headphones under $50", {}, ["HDP-KID20"]),
+        ("headphones", {"max_price": 50}, ["HDP-KID20"]),
+        ("most expensive headphones", {}, ["HDP-NC100", "HDP-KID20"]),
+        ("headphones", {"sort": "price_low_to_high"}, ["HDP-KID20", "HDP-NC100"]),
+        ("earphones", {}, ["EAR-BT200", "HDP-KID20", "HDP-NC100"]),
+        ("laptop bag", {}, ["BAG-LT15"]),
+        ("MSE-WL500", {}, ["MSE-WL500"]),
+        ("a headset with noise canceling", {}, ["HDP-NC100"]),
+    ],
+)
+async def test_search_products_ranks_by_relevance_and_honours_price_words(
+    server: McpProcess, query: str, arguments: dict[str, Any], skus: list[str]
+) -> None:
+    is_error, text = await call(server, "search_products", {"query": query, **arguments})
+    assert not is_error, text
+    body = json.loads(text)
+    assert [p["sku"] for p in body["products"]] == skus
+    if "cheapest" in query:
+        assert body["sorted_by"] == "price_low_to_high"
+    if "$50" in query or "max_price" in arguments:
+        assert body["max_price"] == "50.00"
+
+
+async def test_search_products_falls_back_to_any_word_only_when_no_product_has_them_all(
+    server: McpProcess,
+) -> None:
+    _, text = await call(server, "search_products", {"query": "wireless periscope"})
+    body = json.loads(text)
+    assert body["count"] >= 3 and all("wireless" in json.dumps(p).lower() for p in body["products"])
+    _, text = await call(server, "search_products", {"query": 'speaker" OR NEAR(x'})  # no FTS syntax leaks
+    assert json.loads(text)["products"][0]["sku"] == "SPK-PT300"
+
+
+def test_read_query_parses_price_words_and_synonyms() -> None:
+    wanted = catalog.read_query("Cheapest wireless mice under $49.50 please")
+    assert wanted.groups == (("wireless",), ("mice", "mouse"))
+    assert (wanted.max_price_cents, wanted.sort) == (4950, "price_low_to_high")
+    assert catalog.read_query("what's the most expensive monitor").sort == "price_high_to_low"
+    assert catalog.read_query("monitor", sort="price_low_to_high").sort == "price_low_to_high"
 
 
 async def test_search_products_without_match_says_so(server: McpProcess) -> None:

@@ -22,10 +22,20 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
-import aiosqlite
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
+
+from msev15.mcp_server.catalog import (
+    MAX_PRODUCT_RESULTS,
+    Catalog,
+    CatalogUnavailable,
+    Sort,
+    product_view,
+    read_query,
+)
+
+__all__ = ["Catalog", "CatalogUnavailable", "build_server", "main", "product_view"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +44,6 @@ DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 8000
 MCP_PATH = "/mcp"
 POLICY_TOPICS = ("returns", "shipping", "warranty", "privacy")
-MAX_PRODUCT_RESULTS = 8
 MAX_FAQ_RESULTS = 3
 MAX_QUERY_CHARS = 200
 
@@ -131,84 +140,6 @@ def search_faq_entries(query: str, limit: int = MAX_FAQ_RESULTS) -> list[FaqEntr
     return [entry for _, _, entry in scored[:limit]]
 
 
-# Catalog (read-only SQLite) -------------------------------------------------------------
-
-
-class CatalogUnavailable(ToolError):
-    """The orders database cannot be read; the model should say so, not guess."""
-
-
-class Catalog:
-    """Read-only access to the products table of one tenant."""
-
-    def __init__(self, db_path: Path | str, tenant_id: str = "default") -> None:
-        self.db_path = Path(db_path)
-        self.tenant_id = tenant_id
-
-    def _uri(self) -> str:
-        # mode=ro: this process must never write the orders database another process owns.
-        return self.db_path.resolve().as_uri() + "?mode=ro"
-
-    async def _rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        if not self.db_path.exists():
-            raise CatalogUnavailable("The product catalog is not available right now.")
-        try:
-            async with aiosqlite.connect(self._uri(), uri=True) as db:
-                db.row_factory = aiosqlite.Row
-                async with db.execute(sql, params) as cursor:
-                    return [dict(row) for row in await cursor.fetchall()]
-        except aiosqlite.Error as exc:
-            log.warning("catalog query failed: %s", exc)
-            raise CatalogUnavailable("The product catalog is not available right now.") from None
-
-    async def search(self, query: str, limit: int = MAX_PRODUCT_RESULTS) -> list[dict[str, Any]]:
-        """Products ranked by term overlap with name, category, sku and description."""
-        rows = await self._rows(
-            "SELECT sku, name, description, category, price_cents, stock FROM products WHERE tenant_id = ?",
-            (self.tenant_id,),
-        )
-        wanted = terms(query)
-        scored = []
-        for row in rows:
-            score = overlap_score(
-                wanted,
-                (
-                    (row["name"], 3.0),
-                    (row["category"] or "", 2.0),
-                    (row["sku"], 3.0),
-                    (row["description"] or "", 1.0),
-                ),
-            )
-            if score > 0:
-                scored.append((-score, row["name"], row))
-        scored.sort(key=lambda item: (item[0], item[1]))
-        return [product_view(row) for _, _, row in scored[:limit]]
-
-    async def get(self, sku: str) -> dict[str, Any] | None:
-        rows = await self._rows(
-            "SELECT sku, name, description, category, price_cents, stock FROM products "
-            "WHERE tenant_id = ? AND upper(sku) = upper(?)",
-            (self.tenant_id, sku.strip()),
-        )
-        return product_view(rows[0]) if rows else None
-
-
-def product_view(row: dict[str, Any]) -> dict[str, Any]:
-    """What the model sees of a product: the price as text too, so it is never mis-scaled."""
-    cents = int(row["price_cents"])
-    stock = int(row["stock"])
-    return {
-        "sku": row["sku"],
-        "name": row["name"],
-        "category": row["category"],
-        "description": row["description"],
-        "price": f"{cents / 100:.2f}",
-        "currency": "USD",
-        "stock": stock,
-        "in_stock": stock > 0,
-    }
-
-
 # The server -------------------------------------------------------------------------------
 
 QueryArg = Annotated[
@@ -225,9 +156,11 @@ def build_server(db_path: Path | str, tenant_id: str = "default") -> MCPServer:
 
     @server.tool(
         description=(
-            "Search the shop's product catalog by keywords (product type, brand feature, category or SKU). "
-            "Returns up to 8 matching products, best first, each with sku, name, category, description, "
-            "price (USD) and stock. Use it for questions like 'do you sell ...?' or 'how much is ...?'."
+            "Search the shop's product catalog by keywords (product type, feature, category or SKU). "
+            f"Returns up to {MAX_PRODUCT_RESULTS} products that match every keyword, best match first, each "
+            "with sku, name, category, description, price (USD) and stock. Words such as 'cheapest' or "
+            "'under $50' in the query (or the sort and max_price arguments) order and filter by price. "
+            "Use it for questions like 'do you sell ...?', 'how much is ...?' or 'what is the cheapest ...?'."
         ),
         structured_output=False,
     )
@@ -237,17 +170,28 @@ def build_server(db_path: Path | str, tenant_id: str = "default") -> MCPServer:
             Field(
                 min_length=1,
                 max_length=MAX_QUERY_CHARS,
-                description="Keywords, e.g. 'noise cancelling headphones' or 'usb-c charger'.",
+                description="Keywords, e.g. 'noise cancelling headphones' or 'cheapest usb-c charger'.",
             ),
         ],
+        sort: Annotated[
+            Sort | None,
+            Field(description="'relevance' (default), 'price_low_to_high' or 'price_high_to_low'."),
+        ] = None,
+        max_price: Annotated[
+            float | None, Field(gt=0, description="Only products at or below this price, in USD.")
+        ] = None,
     ) -> str:
         query = _clean_query(query)
-        found = await catalog.search(query)
+        wanted = read_query(query, max_price, sort)
+        found = await catalog.search(wanted)
+        body: dict[str, Any] = {"query": query, "count": len(found), "products": found}
+        if wanted.sort != "relevance":
+            body["sorted_by"] = wanted.sort
+        if wanted.max_price_cents is not None:
+            body["max_price"] = f"{wanted.max_price_cents / 100:.2f}"
         if not found:
-            return compact(
-                {"query": query, "count": 0, "products": [], "message": f"No products match {query!r}."}
-            )
-        return compact({"query": query, "count": len(found), "products": found})
+            body["message"] = f"No products match {query!r}."
+        return compact(body)
 
     @server.tool(
         description=(
