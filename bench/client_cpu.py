@@ -215,7 +215,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transports", default="lean,aiohttp", help="comma-separated, from model_transports")
     parser.add_argument("--calls", type=int, default=400)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="a tiny size (seconds): for the smoke test")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     parser.add_argument("--no-pin", action="store_true")

@@ -1,7 +1,9 @@
 """The HTTP transports the model client can run on, by name, for the benchmark's A/B comparison.
 
 Only the benchmark reads these names (`BENCH_MODEL_TRANSPORT` for bench/service_app.py, the
-`--transports` of bench/client_cpu.py): the service itself has one transport and no setting.
+`--transports` of bench/client_cpu.py, `--model-transports` of bench/run.py): the service itself
+has one transport and no setting. `aiohttp` needs `pip install "openai[aiohttp]"` (not pinned:
+the service does not use it).
 """
 
 from __future__ import annotations
@@ -14,26 +16,18 @@ import openai
 from msev15.agent import providers
 
 
-def _lean() -> httpx2.AsyncClient:
-    from msev15.agent.transport import lean_http_client
-
-    client: httpx2.AsyncClient = lean_http_client()
-    return client
-
-
 def _aiohttp() -> httpx2.AsyncClient:
-    return openai.DefaultAioHttpClient(
-        limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=5.0)
-    )
+    """The openai SDK's aiohttp backend, with the service's cap and idle expiry."""
+    return openai.DefaultAioHttpClient(limits=providers.MODEL_CONNECTION_LIMITS)
 
 
 def _httpx() -> httpx2.AsyncClient:
-    return openai.DefaultAsyncHttpxClient()
+    """The openai SDK's default: httpx's generic transport."""
+    return openai.DefaultAsyncHttpxClient(limits=providers.MODEL_CONNECTION_LIMITS)
 
 
 TRANSPORTS: dict[str, Callable[[], httpx2.AsyncClient]] = {
-    "service": providers.model_http_client,  # whatever the service ships with
-    "lean": _lean,
+    "lean": providers.model_http_client,  # what the service ships with
     "aiohttp": _aiohttp,
     "httpx": _httpx,
 }

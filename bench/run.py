@@ -69,7 +69,7 @@ class Size:
     tokens: int = 20
     token_ms: float = 50.0
     ab_level: int = 100  # the model-transport A/B: streams at once, and rounds of it per transport
-    ab_rounds: int = 5
+    ab_rounds: int = 6  # even: each transport goes first equally often
 
 
 FULL = Size()
@@ -359,13 +359,21 @@ class CpuMeter:
 
 
 class Bench:
-    def __init__(self, size: Size, pin: bool, workdir: Path, model_transports: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        size: Size,
+        pin: bool,
+        workdir: Path,
+        model_transports: tuple[str, ...] = (),
+        ab_only: bool = False,
+    ) -> None:
         self.size = size
         self.pin = pin
         self.workdir = workdir
         self.fleet = Fleet(workdir, pin)
         self.report = Report()
         self.model_transports = model_transports
+        self.ab_only = ab_only
         self.ab_services: dict[str, Proc] = {}
 
     # set-up
@@ -652,6 +660,11 @@ class Bench:
             for name in ["bare", *order]:
                 proc = self.bare if name == "bare" else self.ab_services[name]
                 start = self._bare_sse(s.token_ms) if name == "bare" else self._svc_sse(s.ab_level, proc.port)
+                if name != "bare":
+                    # Unmeasured first: every transport starts with a warm pool. Otherwise one that keeps
+                    # idle connections forever starts warm and one that expires them starts cold.
+                    await loadgen.stream_phase(s.ab_level, start, s.stream_timeout)
+                    await self.settle()
                 m = CpuMeter(proc.worker_pid())
                 phase = await loadgen.stream_phase(s.ab_level, start, s.stream_timeout)
                 cpu[name].append(m.percent())
@@ -783,7 +796,7 @@ class Bench:
             *([self.model_transport_ab] if self.model_transports else []),
             self.idle_websockets,
         )
-        for step in steps:
+        for step in (self.model_transport_ab,) if self.ab_only else steps:
             started = time.perf_counter()
             await step()
             _say(f"  {step.__name__}: {time.perf_counter() - started:.1f} s")
@@ -804,6 +817,8 @@ def _ab_table(
     head = " | ".join(names) + "".join(f" | {n}/{first}" for n in others)
     out = [
         "## Model client transports, same run (rounds alternate the order)",
+        "",
+        f"Each measured SSE x{s.ab_level} on a service follows an unmeasured one on it (warm pools).",
         "",
         f"| figure | {head} | bare |",
         "|---" * (1 + 2 * len(names)) + "|",
@@ -835,6 +850,11 @@ def _ab_table(
     )
     out += ["", f"SSE x{lvl} first-token p99 per round (ms):", ""]
     out += [f"- {n}: " + ", ".join(f1(x) for x in p99[n]) for n in ["bare", *names]]
+    for n in others:  # the pair in one round shares that round's background load
+        pairs = [a / b for a, b in zip(p99[n], p99[first], strict=True) if b]
+        out.append(
+            f"- {n}/{first} per round: " + ", ".join(f"{x:.2f}" for x in pairs) + f"; median {med(pairs):.2f}"
+        )
     out += ["", f"client CPU per call per round (ms; {client['calls']} calls a round):", ""]
     for load, figures in client["loads"].items():
         rounds_ms = figures["cpu_ms_rounds"]
@@ -1000,6 +1020,11 @@ def main() -> int:
         help="comma-separated names from bench/model_transports.py: adds an A/B of the model client's "
         "HTTP transport (e.g. lean,aiohttp)",
     )
+    parser.add_argument(
+        "--ab-only",
+        action="store_true",
+        help="only the --model-transports A/B (about 2 minutes): to repeat it in quiet moments",
+    )
     parser.add_argument("--probe-sessions", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe_sessions:
@@ -1021,14 +1046,15 @@ def main() -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="msev15-bench-") as tmp:
         transports = tuple(t for t in args.model_transports.split(",") if t)
-        bench = Bench(size, pin, Path(tmp), transports)
+        bench = Bench(size, pin, Path(tmp), transports, args.ab_only and bool(transports))
         try:
             if pin:
                 os.sched_setaffinity(0, {CLIENT_CPU})
             _say("starting model servers, bare app and service ...")
             bench.start()
             asyncio.run(bench.run_all())
-            bench.session_memory()
+            if not bench.ab_only:
+                bench.session_memory()
         except KeyboardInterrupt:
             _say("interrupted: stopping everything this run started")
             return 130

@@ -9,7 +9,7 @@ import os
 
 from bench import model_transports
 
-model_transports.use(os.environ.get("BENCH_MODEL_TRANSPORT", "service"))
+model_transports.use(os.environ.get("BENCH_MODEL_TRANSPORT", "lean"))
 
 from app import app  # noqa: E402 - after the swap, which create_model reads when the app starts
 

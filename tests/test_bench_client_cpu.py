@@ -19,7 +19,7 @@ def test_client_cpu_reports_every_transport_and_load() -> None:
             "--quick",
             "--json",
             "--transports",
-            "service,httpx",
+            "lean,httpx",
         ],
         cwd=str(ROOT),
         capture_output=True,
@@ -30,5 +30,5 @@ def test_client_cpu_reports_every_transport_and_load() -> None:
     result = orjson.loads(done.stdout.splitlines()[-1])
     assert set(result["loads"]) == {"burst", "paced"}
     for load in result["loads"].values():
-        assert set(load["cpu_ms"]) == {"service", "httpx"}
+        assert set(load["cpu_ms"]) == {"lean", "httpx"}
         assert all(0 < ms < 1000 for ms in load["cpu_ms"].values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -119,10 +120,14 @@ class OpenAIChatModel:
                     f"model server answered {exc.status_code}", _retry_after(exc.response)
                 ) from None
             raise ModelUnavailable(f"model server refused the request ({exc.status_code})") from None
-        except openai.APITimeoutError:
-            raise _Retryable("model server timed out") from None
-        except openai.APIConnectionError:
-            raise _Retryable("model server unreachable") from None
+        except openai.APIConnectionError as exc:  # APITimeoutError included
+            if _caused_by(exc, ssl.SSLCertVerificationError):
+                raise ModelUnavailable("model server's TLS certificate is not trusted") from None
+            raise _Retryable(
+                "model server timed out"
+                if isinstance(exc, openai.APITimeoutError)
+                else "model server unreachable"
+            ) from None
         except httpx2.TimeoutException:
             raise _Retryable("model stream timed out") from None
         except (httpx2.TransportError, httpx2.StreamError) as exc:
@@ -204,6 +209,17 @@ async def _drain(lines: AsyncIterator[Any], limit: float = 0.5) -> None:
                 pass
     except TimeoutError:
         pass  # a server that keeps the body open costs us the connection, not the answer
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is in the chain under `exc`: a rejected server certificate arrives as a connect
+    error (a connect timeout on the SDK's aiohttp backend), and retrying it cannot help."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _retry_after(response: httpx2.Response) -> float | None:

@@ -54,10 +54,22 @@ def create_model(settings: Settings) -> ModelClient:
     )
 
 
+# The model connection pool. The cap bounds sockets at the most streams one worker is benchmarked
+# for (bench/run.py: 1,000, all complete); a lower one would queue turns for a connection while the
+# worker still has CPU to spare. Idle connections expire before the 5 s idle timeout of the
+# uvicorn/Hypercorn servers many OpenAI-compatible models run on (vLLM, the test server), so a call
+# rarely goes out on a connection the server is closing.
+MODEL_CONNECTION_LIMITS = httpx2.Limits(
+    max_connections=1000, max_keepalive_connections=100, keepalive_expiry=4.0
+)
+
+
 def model_http_client() -> httpx2.AsyncClient:
-    """The HTTP client under the model client; bench/service_app.py swaps it to compare transports."""
-    client: httpx2.AsyncClient = lean_http_client()
-    return client
+    """The HTTP client under the model client: the lean transport, kept by measurement (bench/README.md).
+
+    bench/service_app.py swaps this function to compare transports.
+    """
+    return lean_http_client(limits=MODEL_CONNECTION_LIMITS)
 
 
 def _origin(url: str | None) -> str | None:
