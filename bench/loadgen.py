@@ -189,7 +189,8 @@ async def sse_stream(port: int, request: bytes) -> StreamResult:
                 buffer += data
             while b"\n\n" in buffer:
                 block, buffer = buffer.split(b"\n\n", 1)
-                if block.startswith(b"data: ") and _account(result, block[6:], started):
+                data_at = block.find(b"data: ")  # after the event's `id:` line
+                if data_at >= 0 and _account(result, block[data_at + 6 :], started):
                     return result
     except (OSError, asyncio.IncompleteReadError, ValueError):
         return result

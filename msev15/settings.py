@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_max_connections: int = Field(64, ge=1, le=10_000)
     session_store_wait_seconds: float = Field(5.0, gt=0, le=120)
+    resume_buffer_seconds: int = Field(300, ge=1, le=86_400)
     session_ttl_seconds: int = Field(86_400, ge=1, le=365 * 86400)
     max_sessions: int = Field(100_000, ge=1, le=10_000_000)
     max_sessions_per_tenant: int = Field(10_000, ge=1, le=10_000_000)

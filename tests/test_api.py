@@ -17,11 +17,15 @@ from tests.openai_server import Reply, ScriptedOpenAI
 
 
 def sse_events(raw: bytes) -> list[dict[str, Any]]:
-    """Parse an SSE body into its JSON events (keep-alive comments skipped)."""
+    """Parse an SSE body into its JSON events (keep-alive comments skipped); each event's `id:`
+    line must be its resume position."""
     events = []
     for block in raw.decode().split("\n\n"):
-        if block.startswith("data: "):
-            events.append(orjson.loads(block[6:]))
+        lines = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and line[0] != ":")
+        if "data" in lines:
+            event = orjson.loads(lines["data"])
+            assert lines["id"] == f"{event['turn_id']}:{event['seq']}", block
+            events.append(event)
     return events
 
 

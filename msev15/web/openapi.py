@@ -26,7 +26,7 @@ _REQUEST_ID = {
 _SSE_EVENT = {
     "type": "object",
     "description": "One event; its JSON is the `data:` of one SSE message.",
-    "required": ["type", "session_id", "tenant_id"],
+    "required": ["type", "session_id", "tenant_id", "turn_id", "seq"],
     "properties": {
         "type": {"enum": ["token", "tool_call", "tool_result", "approval_required", "done", "error"]},
         "session_id": {"type": "string"},
@@ -42,20 +42,27 @@ _SSE_EVENT = {
         "message_count": {"type": "integer"},
         "request_id": {"type": "string"},
         "code": {"type": "string"},
+        "turn_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"},
+        "seq": {"type": "integer", "minimum": 1},
+        "interrupted": {"type": "boolean"},
     },
 }
 # OpenAPI 3.2 describes an event stream item by item: each SSE message's `data` is one JSON event.
 _SSE_MESSAGE = {
     "type": "object",
-    "required": ["data"],
+    "required": ["data", "id"],
     "properties": {
-        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _SSE_EVENT}
+        "id": {"type": "string", "description": "The resume position, <turn_id>:<seq>"},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _SSE_EVENT},
     },
 }
 _SSE_DESCRIPTION = (
-    "A text/event-stream of `data: {json}` lines: token, tool_call, tool_result, approval_required, "
-    "then exactly one done or error."
+    "A text/event-stream of events, each an `id: <turn_id>:<seq>` line and a `data: {json}` line: "
+    "token, tool_call, tool_result, approval_required, then exactly one done or error."
 )
+
+
+_STREAMS = {("/api/v1/chat/stream", "post"), ("/api/v1/sessions/{session_id}/stream", "get")}
 
 
 class ServiceOpenAPI(OpenAPIProvider):
@@ -94,7 +101,7 @@ class ServiceOpenAPI(OpenAPIProvider):
                     responses.setdefault(
                         code, {"description": _ERRORS[code], "content": error_content, "headers": _REQUEST_ID}
                     )
-                if path == "/api/v1/chat/stream" and method == "post":
+                if (path, method) in _STREAMS:
                     responses[200] = {  # quart-schema keys responses by int
                         "description": _SSE_DESCRIPTION,
                         "content": {"text/event-stream": {"itemSchema": _SSE_MESSAGE}},

@@ -28,6 +28,9 @@ from msev15.web.errors import BadRequest, validation_details
 ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=ID_PATTERN)]
 
+TurnId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+Position = Annotated[str, StringConstraints(max_length=80, pattern=r"^[A-Za-z0-9_-]{8,64}:[0-9]{1,9}$")]
+
 
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 
@@ -101,8 +104,10 @@ class ErrorInfo(BaseModel):
     type: str
     message: str
     details: list[ErrorDetail]
+    turn_id: str
 
 
+    interrupted: bool | None = None
 class ErrorResponse(BaseModel):
     error: ErrorInfo
     request_id: str
@@ -211,6 +216,18 @@ class AuditEvent(BaseModel):
     tool: str
     arguments: dict[str, Any]
     ok: bool | None
+class StreamQuery(ScopeQuery):
+    """Where to resume: `<turn_id>:<seq>` (the header Last-Event-ID wins when both are given)."""
+
+    after: Position | None = None
+
+
+class Stopped(BaseModel):
+    stopped: bool
+    session_id: str
+    turn_id: str | None
+
+
     error: str | None = None
     duration_ms: float | None = None
     decision: str | None = None

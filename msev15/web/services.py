@@ -15,11 +15,13 @@ from quart import current_app
 from msev15.agent.loop import Agent, AgentLimits
 from msev15.agent.model import ModelClient
 from msev15.agent.providers import create_model
+from msev15.agent.runner import TurnRunner
 from msev15.mail.sender import Mailer
 from msev15.settings import Settings
 from msev15.stores.audit import AuditLog
 from msev15.stores.orders import OrderRepository
 from msev15.stores.sessions import SessionStore, open_session_store
+from msev15.stores.turns import MemoryTurnBuffer, TurnBuffer
 from msev15.tools.clock import builtin_tools
 from msev15.tools.mail import mail_tools
 from msev15.tools.mcp import McpToolProvider
@@ -57,6 +59,7 @@ class Services:
     sessions: SessionStore
     tools: ToolRegistry
     agent: Agent
+    runner: TurnRunner
     started_at: float
     checks: list[Check] = field(default_factory=list)
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -79,6 +82,8 @@ class Services:
         return task
 
     async def close(self) -> None:
+        """Running turns finish and are stored first (bounded), then everything closes in reverse."""
+        await self.runner.drain(min(self.settings.turn_timeout_seconds, 30.0))
         for task in list(self.background):
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -128,7 +133,10 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
             ),
             decisions=audit,
         )
-        found = Services(settings, model, sessions, tools, agent, time.time(), stack=stack)
+        buffer = MemoryTurnBuffer(settings.resume_buffer_seconds)
+        stack.push_async_callback(buffer.close)
+        runner = TurnRunner(agent, buffer)
+        found = Services(settings, model, sessions, tools, agent, runner, time.time(), stack=stack)
         found.token_secret = load_secret(settings)
         found.checks.append(Check("model", model.check, critical=True))
         found.checks.append(Check("sessions", sessions.check, critical=settings.session_store != "memory"))
@@ -139,6 +147,7 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
             Check("smtp", mailer.check, critical=False, healthy=frozenset({"ok", "outbox only"}))
         )
         found.spawn(_purge_sessions(sessions, settings.session_ttl_seconds), "session-purge")
+        found.spawn(_purge_turns(buffer, settings.resume_buffer_seconds), "turn-buffer-purge")
         # MCP last: its tools join the registry next to the local ones, which win name collisions.
         found.mcp = McpToolProvider(settings, tools)
         stack.push_async_callback(found.mcp.close)
@@ -160,6 +169,15 @@ async def _purge_sessions(sessions: SessionStore, ttl: float) -> None:
                 log.info("expired %d idle sessions", removed)
         except Exception:
             log.exception("session purge failed")
+
+
+async def _purge_turns(buffer: TurnBuffer, keep: float) -> None:
+    while True:
+        await asyncio.sleep(max(1.0, keep / 4))
+        try:
+            await buffer.purge()
+        except Exception:
+            log.exception("turn buffer purge failed")
 
 
 async def run_checks(found: Services, limit: float = 2.0) -> tuple[str, dict[str, str], list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from quart import Blueprint, Response, request
@@ -12,7 +13,8 @@ from msev15.jsonio import iso
 from msev15.logs import session_id_var
 from msev15.principal import Principal
 from msev15.web.auth import require_credentials, require_shop_credentials
-from msev15.web.errors import NotFound, Unavailable, json_response
+from msev15.web.chat import KEEPALIVE_SECONDS, sse_response
+from msev15.web.errors import BadRequest, NotFound, Unavailable, json_response
 from msev15.web.schemas import (
     AuditPage,
     AuditQuery,
@@ -21,14 +23,17 @@ from msev15.web.schemas import (
     ScopeQuery,
     SessionHistory,
     SessionList,
+    Stopped,
+    StreamQuery,
     check_identifier,
     parse_query,
     query_params,
 )
 from msev15.web.services import services
-from msev15.web.turns import asked_principal
+from msev15.web.turns import asked_principal, follow, resume_target
 
 routes = Blueprint("sessions", __name__, url_prefix="/api/v1")
+_TURN_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 routes.before_request(require_credentials)
 
 
@@ -84,6 +89,55 @@ async def delete_session(session_id: str) -> Response:
     if not deleted:
         raise NotFound(f"session {session_id!r} was not found")
     return json_response({"deleted": True, "session_id": session_id, "tenant_id": who.tenant_id})
+
+
+@routes.get("/sessions/<session_id>/stream")
+@query_params(StreamQuery)
+@tag(["sessions"])
+@document_response(ErrorResponse, 404)
+async def resume_stream(session_id: str) -> Response:
+    """Resume an answer: the events after `Last-Event-ID` (or `after`), then live, as SSE.
+
+    Without a position: the session's running answer, or its latest one while it is buffered.
+    """
+    query = parse_query(StreamQuery, request.args)
+    who = asked_principal(query)
+    session_id = check_identifier(session_id, "session_id")
+    session_id_var.set(session_id)
+    position = request.headers.get("Last-Event-ID") or query.after
+    turn_id, after = None, 0
+    if position:
+        turn_id, seq = _position(position)
+        after = seq
+    turn_id, after = await resume_target(who, session_id, turn_id, after)
+    return sse_response(turn_id, await follow(turn_id, after, idle=KEEPALIVE_SECONDS))
+
+
+@routes.post("/sessions/<session_id>/stop")
+@query_params(ScopeQuery)
+@tag(["sessions"])
+@document_response(Stopped)
+@document_response(ErrorResponse, 404)
+async def stop_turn(session_id: str) -> Response:
+    """Stop the session's running answer (the customer's stop button); it ends `interrupted`."""
+    who, session_id = _session_target(session_id)
+    runner = services().runner
+    stopped = runner.stop(who.tenant_id, session_id, who.scope)
+    if stopped is None:
+        running = runner.running(who.tenant_id, session_id)
+        if running is None and await services().sessions.get(who.tenant_id, session_id, who.scope) is None:
+            raise NotFound(f"session {session_id!r} was not found")
+    return json_response({"stopped": stopped is not None, "session_id": session_id, "turn_id": stopped})
+
+
+def _position(raw: str) -> tuple[str, int]:
+    turn_id, _, seq = raw.rpartition(":")
+    if not _TURN_ID.match(turn_id) or not seq.isdigit() or len(seq) > 9:
+        raise BadRequest(
+            "the resume position must be <turn_id>:<seq>",
+            [{"field": "Last-Event-ID", "message": "expected <turn_id>:<seq>"}],
+        )
+    return turn_id, int(seq)
 
 
 def _session_target(session_id: str) -> tuple[Principal, str]:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 
+from pydantic import BaseModel
 from quart import g
 
-from msev15.agent.events import ApprovalAnswer, Event, Turn
+from msev15.agent.events import ApprovalAnswer, Turn
 from msev15.agent.loop import TurnRefused
 from msev15.logs import session_id_var, tenant_id_var
 from msev15.principal import Principal
+from msev15.stores.sessions.base import visible
+from msev15.stores.turns import TurnGone
 from msev15.web.auth import authorize
 from msev15.web.errors import AppError, BadRequest, NotFound, Unavailable
-from msev15.web.schemas import ChatRequest, TenantQuery
+from msev15.web.schemas import ChatRequest
 from msev15.web.services import services
-from msev15.web.streaming import start
 
 _REFUSALS: dict[str, type[AppError]] = {
     "validation_error": BadRequest,
@@ -23,12 +25,13 @@ _REFUSALS: dict[str, type[AppError]] = {
 }
 
 
-def asked_principal(asked: ChatRequest | TenantQuery) -> Principal:
+def asked_principal(asked: BaseModel) -> Principal:
     """Who asks: the credential's tenant and user; a `tenant_id` or `user_id` the client actually
     sent must agree with a credential that fixes them (403)."""
     sent = asked.model_fields_set
+    tenant = getattr(asked, "tenant_id", None) if "tenant_id" in sent else None
     user = getattr(asked, "user_id", None) if "user_id" in sent else None
-    principal = authorize(asked.tenant_id if "tenant_id" in sent else None, user)
+    principal = authorize(tenant, user)
     tenant_id_var.set(principal.tenant_id)
     return principal
 
@@ -51,11 +54,39 @@ def refusal(exc: TurnRefused) -> AppError:
     return error
 
 
-async def open_stream(turn: Turn, keepalive: float | None = None) -> AsyncGenerator[Event | None, None]:
-    """The turn's events for a streaming transport, once it is under way (close it with aclosing);
-    an AppError when it is refused before anything is streamed."""
-    agent = services().agent
+async def start_turn(turn: Turn) -> str:
+    """Start the turn (it runs on whatever happens to this connection); its id, or an AppError
+    when it is refused before anything is streamed."""
     try:
-        return await start(lambda ready: agent.run(turn, ready), keepalive=keepalive)
+        return await services().runner.start(turn)
     except TurnRefused as exc:
         raise refusal(exc) from None
+
+
+async def follow(
+    turn_id: str, after: int = 0, idle: float | None = None
+) -> AsyncIterator[tuple[int, bytes] | None]:
+    """A turn's numbered events after `after`, then live (None: a keep-alive tick); 404 when gone."""
+    try:
+        return await services().runner.buffer.read(turn_id, after, idle)
+    except TurnGone:
+        raise NotFound("that answer is no longer available; read the session history instead") from None
+
+
+def sse_frame(turn_id: str, seq: int, data: bytes) -> bytes:
+    """One SSE event with its resume position (`id: <turn_id>:<seq>`)."""
+    return b"id: " + f"{turn_id}:{seq}".encode() + b"\ndata: " + data + b"\n\n"
+
+
+async def resume_target(who: Principal, session_id: str, turn_id: str | None, after: int) -> tuple[str, int]:
+    """The turn a resume reads, checked as history is: this tenant's session, visible to the caller.
+
+    Without a turn id: the session's running turn, or its latest one while it is buffered.
+    """
+    buffer = services().runner.buffer
+    info = await (buffer.info(turn_id) if turn_id else buffer.latest(who.tenant_id, session_id))
+    if info is None or (info.tenant_id, info.session_id) != (who.tenant_id, session_id):
+        raise NotFound(f"no answer of session {session_id!r} can be resumed; read its history instead")
+    if not visible(info.user_id, who.scope):
+        raise NotFound(f"no answer of session {session_id!r} can be resumed; read its history instead")
+    return info.turn_id, after

@@ -13,21 +13,22 @@ import contextlib
 import logging
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import Blueprint, Response, current_app, g, websocket
 from quart_rate_limiter import RateLimitExceeded
 
-from msev15.agent.events import DoneEvent, ErrorEvent, TokenEvent, Turn, event_dict
+from msev15.agent.events import ErrorEvent, Turn, event_dict
 from msev15.jsonio import dumps, loads
 from msev15.logs import request_id_var
 from msev15.web.auth import from_trusted_proxy, require_credentials
 from msev15.web.errors import AppError, Forbidden, rate_limited, render, validation_details
 from msev15.web.ratelimit import count_frame
-from msev15.web.schemas import ChatRequest
+from msev15.web.schemas import ChatRequest, Identifier, TurnId
 from msev15.web.services import services
-from msev15.web.turns import open_stream, turn_from
+from msev15.web.turns import asked_principal, follow, resume_target, start_turn, turn_from
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,30 @@ async def chat_ws() -> Response | None:
     return None
 
 
+class ResumeFrame(BaseModel):
+    """A `resume` frame: replay a turn after `after`, then follow it live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["resume"]
+    session_id: Identifier
+    tenant_id: Identifier = "default"
+    turn_id: TurnId
+    after: int = Field(0, ge=0)
+
+
 class _Channel:
-    """One socket's state: the send lock, the queued chats and the turn in flight."""
+    """One socket's state: the send lock, the queued jobs and the turn it is following.
+
+    Closing the socket stops the following, never the turn: a client may resume it elsewhere.
+    """
 
     def __init__(self) -> None:
         self._send_lock = asyncio.Lock()
-        self._chats: deque[ChatFrame] = deque()
+        self._jobs: deque[ChatFrame | ResumeFrame] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._current: asyncio.Task[None] | None = None
-        self._stopped = False
-        self._partial: list[str] = []
+        self._turn: tuple[Turn, str] | None = None  # the chat turn this socket started and follows
 
     async def serve(self) -> None:
         """Read frames until the client leaves; Quart cancels this task on disconnect."""
@@ -96,7 +111,7 @@ class _Channel:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        """Cancel the turn and the worker and wait for them, so nothing outlives the socket."""
+        """Stop following and the worker; running turns go on and stay resumable."""
         tasks = [t for t in (self._current, self._worker) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
@@ -115,81 +130,80 @@ class _Channel:
             return
         kind = frame.get("type") if isinstance(frame, dict) else None
         if kind == "ping":
-            await self._send({"type": "pong"})
+            await self._send_text(dumps({"type": "pong"}))
         elif kind == "stop":
             self._stop()
-        elif kind == "chat":
-            try:
-                chat = ChatFrame.model_validate(frame)
-            except ValidationError as exc:
-                await self._error("chat frame is invalid", validation_details(exc))
-                return
-            try:
-                await count_frame(current_app)  # a chat frame spends the client's API budget like a request
-            except RateLimitExceeded as exc:
-                refusal = rate_limited(exc)
-                await self._error(refusal.message, None, refusal.code)
-                return
-            if len(self._chats) >= MAX_QUEUED_CHATS:
-                await self._error("too many chats queued on this socket; wait for `done`")
-                return
-            self._chats.append(chat)
-            if self._worker is None or self._worker.done():
-                self._worker = asyncio.create_task(self._work(), name="ws-chats")
+        elif kind in ("chat", "resume"):
+            await self._queue(frame, ChatFrame if kind == "chat" else ResumeFrame)
         else:
             await self._error(
-                "unknown frame type; expected chat, ping or stop",
-                [{"field": "type", "message": "must be 'chat', 'ping' or 'stop'"}],
+                "unknown frame type; expected chat, resume, ping or stop",
+                [{"field": "type", "message": "must be 'chat', 'resume', 'ping' or 'stop'"}],
             )
 
+    async def _queue(self, frame: dict[str, Any], model: type[ChatFrame] | type[ResumeFrame]) -> None:
+        try:
+            job = model.model_validate(frame)
+        except ValidationError as exc:
+            await self._error(f"{frame['type']} frame is invalid", validation_details(exc))
+            return
+        try:
+            await count_frame(current_app)  # a frame that starts work spends the API budget like a request
+        except RateLimitExceeded as exc:
+            refusal = rate_limited(exc)
+            await self._error(refusal.message, None, refusal.code)
+            return
+        if len(self._jobs) >= MAX_QUEUED_CHATS:
+            await self._error("too many chats queued on this socket; wait for `done`")
+            return
+        self._jobs.append(job)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name="ws-chats")
+
     def _stop(self) -> None:
-        if self._current is not None and not self._current.done():
-            self._stopped = True
-            self._current.cancel()
+        """The customer's stop: the turn ends with `done` marked interrupted, which this socket relays."""
+        if self._turn is not None:
+            turn, turn_id = self._turn
+            services().runner.stop(turn.tenant_id, turn.session_id, turn.scope, turn_id)
 
     async def _work(self) -> None:
-        """Run queued chats in order; a stop cancels only the turn task, never this loop."""
-        while self._chats:
-            frame = self._chats.popleft()
+        """Run queued jobs in order, each in its own task so a failure ends only that job."""
+        while self._jobs:
+            job = self._jobs.popleft()
             g.request_id = uuid.uuid4().hex  # one id per turn, as each HTTP request has its own
             request_id_var.set(g.request_id)
-            try:
-                turn = turn_from(frame)
-            except AppError as exc:
-                await self._error(exc.message, exc.details, exc.code, frame.session_id)
-                continue
-            self._stopped = False
-            self._partial = []
-            self._current = asyncio.create_task(self._stream(turn), name="ws-turn")
+            run = self._chat(job) if isinstance(job, ChatFrame) else self._resume(job)
+            self._current = asyncio.create_task(run, name="ws-turn")
             await asyncio.wait({self._current})
-            if self._current.cancelled():
-                if self._stopped:
-                    await self._send_interrupted(turn)
-            elif (failure := self._current.exception()) is not None:  # e.g. the send failed
-                log.warning("websocket turn ended early: %r", failure)
-            self._current = None
+            if not self._current.cancelled() and (failure := self._current.exception()) is not None:
+                log.warning("websocket job ended early: %r", failure)  # e.g. the send failed
+            self._current, self._turn = None, None
 
-    async def _stream(self, turn: Turn) -> None:
+    async def _chat(self, frame: ChatFrame) -> None:
         try:
-            stream = await open_stream(turn)
+            turn = turn_from(frame)
+            turn_id = await start_turn(turn)
         except AppError as exc:  # refused before it began: an error event, as REST gives a status
-            await self._error(exc.message, exc.details, exc.code, turn.session_id)
+            await self._error(exc.message, exc.details, exc.code, frame.session_id)
             return
-        # aclosing: a cancel while sending still closes the pump, which cancels the agent at once.
-        async with contextlib.aclosing(stream) as events:
-            async for event in events:
-                if event is None:
-                    continue
-                if isinstance(event, TokenEvent):
-                    self._partial.append(event.content)
-                await self._send(event_dict(event, turn.tenant_id, turn.session_id))
+        self._turn = (turn, turn_id)
+        await self._relay(await follow(turn_id))
 
-    async def _send_interrupted(self, turn: Turn) -> None:
-        """End a stopped turn with `done` (partial text, interrupted), so every chat gets one end event."""
-        session = await services().sessions.get(turn.tenant_id, turn.session_id)
-        count = len(session.messages) if session is not None else 0
-        done = DoneEvent("".join(self._partial), count, turn.request_id, interrupted=True)
-        await self._send(event_dict(done, turn.tenant_id, turn.session_id))
+    async def _resume(self, frame: ResumeFrame) -> None:
+        try:
+            who = asked_principal(frame)
+            turn_id, after = await resume_target(who, frame.session_id, frame.turn_id, frame.after)
+            events = await follow(turn_id, after)
+        except AppError as exc:
+            await self._error(exc.message, exc.details, exc.code, frame.session_id)
+            return
+        await self._relay(events)
+
+    async def _relay(self, events: AsyncIterator[tuple[int, bytes] | None]) -> None:
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for item in events:
+                if item is not None:
+                    await self._send_text(item[1].decode())
 
     async def _error(
         self,
@@ -198,8 +212,9 @@ class _Channel:
         code: str = "validation_error",
         session_id: str | None = None,
     ) -> None:
-        await self._send(event_dict(ErrorEvent(message, code, tuple(details or ())), session_id=session_id))
+        error = ErrorEvent(message, code, tuple(details or ()))
+        await self._send_text(dumps(event_dict(error, session_id=session_id)))
 
-    async def _send(self, body: dict[str, Any]) -> None:
-        async with self._send_lock:  # the reader and the turn both send; frames must not interleave
-            await websocket.send(dumps(body))
+    async def _send_text(self, text: str) -> None:
+        async with self._send_lock:  # the reader and the worker both send; frames must not interleave
+            await websocket.send(text)

@@ -113,6 +113,9 @@ export const api = {
     request("GET", `/api/v1/sessions/${encodeURIComponent(id)}/history`, { query: { tenant_id: tenant } }),
   remove: (tenant, id) =>
     request("DELETE", `/api/v1/sessions/${encodeURIComponent(id)}`, { query: { tenant_id: tenant } }),
+  /** The customer's stop: the answer keeps running otherwise, whatever happens to the connection. */
+  stop: (tenant, id) =>
+    request("POST", `/api/v1/sessions/${encodeURIComponent(id)}/stop`, { query: { tenant_id: tenant } }),
   async readiness() {
     const response = await fetch("/health/readiness");
     return response.json(); // 503 carries the same body

@@ -635,7 +635,8 @@ async function sendMessage(text) {
   await run({ message });
 }
 
-/** Stop the answer in flight: a `stop` frame on the WebSocket, an abort on SSE. */
+/** Stop the answer in flight: a `stop` frame on the WebSocket, the stop endpoint on SSE (an
+ * answer outlives its connection, so aborting the request alone would not stop it). */
 async function stop() {
   const active = state.active;
   if (!active) return;
@@ -646,7 +647,7 @@ async function stop() {
       resolve();
     };
   });
-  if (active.via === "sse") active.abort.abort();
+  if (active.via === "sse") api.stop(state.tenant, state.sessionId).catch(() => active.abort.abort());
   else if (!socket.send({ type: "stop" })) {
     active.turn.done({ message: active.turn.text, interrupted: true });
     finish();

@@ -1,0 +1,194 @@
+"""The turn buffer: every event of a turn, kept a while after it ends, so clients can resume.
+
+A turn writes its events once, in order, numbered 1, 2, 3... (`seq`); any number of readers
+replay from a position and then follow live. The writer never waits for a reader. Each turn is
+capped in events and bytes (the oldest are dropped first; a resume before them is refused) and
+forgotten `keep_seconds` after it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+KEEPALIVE = None  # what `read` yields while a live turn has been quiet for `idle` seconds
+
+
+class TurnGone(Exception):
+    """The turn is unknown, expired, or its early events were dropped: read the history instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnInfo:
+    turn_id: str
+    tenant_id: str
+    session_id: str
+    user_id: str | None  # the session's owner, for the same ownership rules as history
+    started_at: float
+
+
+class TurnBuffer(Protocol):
+    """Where a turn's numbered events live while clients may still resume it.
+
+    Args (shared): `turn_id` names one turn; `seq` is the 1-based number of an event in it and
+    `data` its wire form (JSON bytes), stored and replayed as they are.
+    """
+
+    async def open(self, info: TurnInfo) -> None: ...
+
+    async def append(self, turn_id: str, seq: int, data: bytes) -> None:
+        """Add the next event; never waits for readers."""
+        ...
+
+    async def finish(self, turn_id: str) -> None:
+        """The turn ended: readers drain what is left and stop; the buffer expires later."""
+        ...
+
+    async def read(
+        self, turn_id: str, after: int = 0, idle: float | None = None
+    ) -> AsyncIterator[tuple[int, bytes] | None]:
+        """The events after `after`, then the live ones until the turn ends (KEEPALIVE while quiet).
+
+        Raises TurnGone at once when those events are no longer here.
+        """
+        ...
+
+    async def info(self, turn_id: str) -> TurnInfo | None: ...
+
+    async def latest(self, tenant_id: str, session_id: str) -> TurnInfo | None:
+        """The session's running turn, or the last one while its buffer is kept."""
+        ...
+
+    async def purge(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Turn:
+    info: TurnInfo
+    entries: list[tuple[int, bytes]] = field(default_factory=list)
+    dropped: int = 0  # events dropped from the front to respect the caps
+    size: int = 0
+    ended_at: float | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class MemoryTurnBuffer:
+    """In-process buffer: the resume point of the memory and SQLite session stores."""
+
+    def __init__(
+        self,
+        keep_seconds: float = 300.0,
+        max_events: int = 20_000,
+        max_bytes: int = 2 * 1024 * 1024,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.keep_seconds = keep_seconds
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._turns: dict[str, _Turn] = {}
+        self._latest: dict[tuple[str, str], str] = {}
+
+    async def open(self, info: TurnInfo) -> None:
+        self._turns[info.turn_id] = _Turn(info)
+        self._latest[(info.tenant_id, info.session_id)] = info.turn_id
+
+    async def append(self, turn_id: str, seq: int, data: bytes) -> None:
+        turn = self._turns.get(turn_id)
+        if turn is None:
+            return
+        turn.entries.append((seq, data))
+        turn.size += len(data)
+        while len(turn.entries) > 1 and (len(turn.entries) > self.max_events or turn.size > self.max_bytes):
+            _, gone = turn.entries.pop(0)
+            turn.size -= len(gone)
+            turn.dropped += 1
+        self._wake(turn)
+
+    async def finish(self, turn_id: str) -> None:
+        turn = self._turns.get(turn_id)
+        if turn is not None:
+            turn.ended_at = self._clock()
+            self._wake(turn)
+
+    @staticmethod
+    def _wake(turn: _Turn) -> None:
+        wake, turn.wake = turn.wake, asyncio.Event()  # readers wait on the event of their moment
+        wake.set()
+
+    async def read(
+        self, turn_id: str, after: int = 0, idle: float | None = None
+    ) -> AsyncIterator[tuple[int, bytes] | None]:
+        turn = self._live(turn_id)
+        if turn is None or after < turn.dropped:
+            raise TurnGone(turn_id)
+        return self._follow(turn, after, idle)
+
+    async def _follow(
+        self, turn: _Turn, after: int, idle: float | None
+    ) -> AsyncIterator[tuple[int, bytes] | None]:
+        turn_id = turn.info.turn_id
+        position = after  # events are numbered from 1 without gaps: entry k holds seq dropped + k + 1
+        while True:
+            index = position - turn.dropped
+            if index < 0:  # the reader fell behind the cap while it was away
+                raise TurnGone(turn_id)
+            while index < len(turn.entries):
+                entry = turn.entries[index]
+                position = entry[0]
+                index += 1
+                yield entry
+            if turn.ended_at is not None:
+                return
+            wake = turn.wake
+            if idle is None:
+                await wake.wait()
+                continue
+            try:
+                async with asyncio.timeout(idle):
+                    await wake.wait()
+            except TimeoutError:
+                yield KEEPALIVE
+
+    def _live(self, turn_id: str) -> _Turn | None:
+        turn = self._turns.get(turn_id)
+        if (
+            turn is not None
+            and turn.ended_at is not None
+            and self._clock() - turn.ended_at > self.keep_seconds
+        ):
+            self._forget(turn)
+            return None
+        return turn
+
+    async def info(self, turn_id: str) -> TurnInfo | None:
+        turn = self._live(turn_id)
+        return turn.info if turn is not None else None
+
+    async def latest(self, tenant_id: str, session_id: str) -> TurnInfo | None:
+        turn_id = self._latest.get((tenant_id, session_id))
+        return await self.info(turn_id) if turn_id is not None else None
+
+    async def purge(self) -> int:
+        expired = [t for t in list(self._turns.values()) if self._live(t.info.turn_id) is None]
+        return len(expired)
+
+    def _forget(self, turn: _Turn) -> None:
+        self._turns.pop(turn.info.turn_id, None)
+        key = (turn.info.tenant_id, turn.info.session_id)
+        if self._latest.get(key) == turn.info.turn_id:
+            del self._latest[key]
+
+    async def close(self) -> None:
+        for turn in self._turns.values():
+            self._wake(turn)
+        self._turns.clear()
+        self._latest.clear()
+
+    def __len__(self) -> int:
+        return len(self._turns)
