@@ -91,8 +91,10 @@ class ChatResponse(BaseModel):
     timestamp: str
     message_count: int
     request_id: str
+    turn_id: str
     tool_calls: list[ToolCallOut]
     approvals_required: list[ApprovalOut] | None = None
+    interrupted: bool | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -104,10 +106,8 @@ class ErrorInfo(BaseModel):
     type: str
     message: str
     details: list[ErrorDetail]
-    turn_id: str
 
 
-    interrupted: bool | None = None
 class ErrorResponse(BaseModel):
     error: ErrorInfo
     request_id: str
