@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from msev15 import create_app
 from msev15.settings import Settings
 from msev15.stores.turns import MemoryTurnBuffer, TurnGone, TurnInfo
 from tests.openai_server import Reply, ScriptedOpenAI
+from tests.redis_server import RedisServer
 from tests.servers import serve_on_loopback
 
 WORDS = " ".join(f"w{i}" for i in range(30))
@@ -177,3 +179,30 @@ async def test_an_expired_turn_is_a_404(model_settings: Settings, openai_server:
             buffer._clock = lambda: time.monotonic() + 5  # as if the keep time had passed
             gone = await client.get("/api/v1/sessions/exp/stream", headers={"Last-Event-ID": position})
             assert gone.status_code == 404
+
+
+async def test_resume_on_another_instance_through_redis(
+    tmp_path: Path, make_model_settings: Any, openai_server: ScriptedOpenAI
+) -> None:
+    """With SESSION_STORE=redis the buffer is a Redis Stream: instance B serves A's answer."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        settings = make_model_settings(session_store="redis", redis_url=redis.url)
+        openai_server.push(Reply.say(WORDS, delay=0.01))
+        async with (
+            serve_on_loopback(create_app(settings)) as port_a,
+            serve_on_loopback(create_app(settings)) as port_b,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port_a}", timeout=30) as a,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port_b}", timeout=30) as b,
+        ):
+            seen = await cut_after(a, "roam", "a long one please", 3)
+            rest = await resume(b, "roam", f"{seen[-1]['turn_id']}:3")
+            whole = [*seen, *rest]
+            assert [e["seq"] for e in whole] == list(range(1, len(whole) + 1))
+            assert whole[-1]["type"] == "done" and whole[-1]["message"] == WORDS
+            assert (await stored_answer(b, "roam"))["content"] == WORDS
+            latest = await resume(b, "roam", None)  # no position: the latest turn, from its start
+            assert latest == whole
+    finally:
+        redis.stop()

@@ -21,7 +21,9 @@ from msev15.settings import Settings
 from msev15.stores.audit import AuditLog
 from msev15.stores.orders import OrderRepository
 from msev15.stores.sessions import SessionStore, open_session_store
+from msev15.stores.sessions.redis import RedisSessionStore
 from msev15.stores.turns import MemoryTurnBuffer, TurnBuffer
+from msev15.stores.turns_redis import RedisTurnBuffer, reader_client
 from msev15.tools.clock import builtin_tools
 from msev15.tools.mail import mail_tools
 from msev15.tools.mcp import McpToolProvider
@@ -133,7 +135,11 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
             ),
             decisions=audit,
         )
-        buffer = MemoryTurnBuffer(settings.resume_buffer_seconds)
+        buffer: TurnBuffer = MemoryTurnBuffer(settings.resume_buffer_seconds)
+        if isinstance(sessions, RedisSessionStore):  # any instance can serve a resume
+            buffer = RedisTurnBuffer(
+                sessions.client, reader_client(settings.redis_url), settings.resume_buffer_seconds
+            )
         stack.push_async_callback(buffer.close)
         runner = TurnRunner(agent, buffer)
         found = Services(settings, model, sessions, tools, agent, runner, time.time(), stack=stack)
