@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
@@ -521,3 +522,48 @@ async def test_refusals_keep_a_keep_alive_connection_usable(tmp_path: Path) -> N
             assert await _refused(reader, writer, body, body_later=True) == (401, True)
         finally:
             writer.close()
+
+
+async def test_resume_and_stop_follow_the_ownership_of_history(
+    keyed_settings: Settings, openai_server: ScriptedOpenAI
+) -> None:
+    """Another user's answer cannot be resumed or stopped; its owner and the shop can."""
+    app = create_app(keyed_settings)
+    async with serve_on_loopback(app) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+
+            async def mint(user: str) -> dict[str, str]:
+                minted = await http.post("/api/v1/client-tokens", json={"user_id": user}, headers=SHOP)
+                return bearer(minted.json()["token"])
+
+            alice, bob = await mint("alice"), await mint("bob")
+            openai_server.push(Reply.say(" ".join(f"w{i}" for i in range(40)), delay=0.02))
+            body = {"session_id": "alice-1", "message": "tell me"}
+            async with http.stream("POST", "/api/v1/chat/stream", json=body, headers=alice) as started:
+                async for line in started.aiter_lines():
+                    if line.startswith("id: "):
+                        position = line[4:]
+                        break
+            for path in (
+                "/api/v1/sessions/alice-1/stream",
+                "/api/v1/sessions/alice-1/stream?after=" + position,
+            ):
+                assert (await http.get(path, headers=bob)).status_code == 404
+            assert (await http.post("/api/v1/sessions/alice-1/stop", headers=bob)).status_code == 404
+            async with connect(
+                f"ws://127.0.0.1:{port}/api/v1/chat/ws?token={bob['Authorization'][7:]}"
+            ) as ws:
+                turn_id = position.split(":")[0]
+                await ws.send(json.dumps({"type": "resume", "session_id": "alice-1", "turn_id": turn_id}))
+                [refused] = await until_end(ws)
+                assert refused["type"] == "error" and refused["code"] == "not_found"
+            shop_view = await http.get(
+                "/api/v1/sessions/alice-1/stream", headers={**SHOP, "Last-Event-ID": position}
+            )
+            assert shop_view.status_code == 200
+            stopped = await http.post("/api/v1/sessions/alice-1/stop", headers=alice)
+            assert stopped.status_code == 200 and stopped.json()["session_id"] == "alice-1"
+            own = await http.get(
+                "/api/v1/sessions/alice-1/stream", headers={**alice, "Last-Event-ID": position}
+            )
+            assert own.status_code == 200 and '"type":"done"' in own.text

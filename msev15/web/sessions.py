@@ -12,6 +12,7 @@ from msev15.agent.approvals import PENDING_KEY, public_pending
 from msev15.jsonio import iso
 from msev15.logs import session_id_var
 from msev15.principal import Principal
+from msev15.stores.sessions.base import visible
 from msev15.web.auth import require_credentials, require_shop_credentials
 from msev15.web.chat import KEEPALIVE_SECONDS, sse_response
 from msev15.web.errors import BadRequest, NotFound, Unavailable, json_response
@@ -122,11 +123,14 @@ async def stop_turn(session_id: str) -> Response:
     """Stop the session's running answer (the customer's stop button); it ends `interrupted`."""
     who, session_id = _session_target(session_id)
     runner = services().runner
-    stopped = runner.stop(who.tenant_id, session_id, who.scope)
-    if stopped is None:
-        running = runner.running(who.tenant_id, session_id)
-        if running is None and await services().sessions.get(who.tenant_id, session_id, who.scope) is None:
+    running = runner.running(who.tenant_id, session_id)
+    if running is not None:  # a first turn's session is not stored yet: its turn says whose it is
+        info = await runner.buffer.info(running)
+        if info is None or not visible(info.user_id, who.scope):
             raise NotFound(f"session {session_id!r} was not found")
+    elif await services().sessions.get(who.tenant_id, session_id, who.scope) is None:
+        raise NotFound(f"session {session_id!r} was not found")
+    stopped = runner.stop(who.tenant_id, session_id, who.scope)
     return json_response({"stopped": stopped is not None, "session_id": session_id, "turn_id": stopped})
 
 
