@@ -576,6 +576,8 @@ function onEvent(event) {
 function finish() {
   const active = state.active;
   if (!active) return;
+  // A card the answer did not decide (the turn failed before it) is still pending on the server.
+  for (const card of state.cards.values()) if (card.answering) card.setState("pending", "");
   state.active = null;
   setBusy(false);
   active.resolve();
@@ -629,8 +631,9 @@ async function sendMessage(text) {
     els.title.textContent = local.title(state.tenant, state.sessionId, shortTitle(message));
   }
   els.log.querySelector(".empty")?.remove();
-  // API.md: a new plain message declines whatever is still waiting for confirmation.
-  for (const card of state.cards.values()) if (card.pending) card.setState("declined", "Declined: you sent a new message.");
+  // API.md: the service reads a plain message sent while actions wait: a typed "yes" approves them,
+  // anything else declines them. The page does not guess: each card waits for its tool_result.
+  for (const card of state.cards.values()) if (card.pending) card.awaitAnswer();
   els.log.append(userBubble(message));
   await run({ message });
 }
