@@ -7,6 +7,7 @@ the `websockets` package for WebSockets. Every loop stops by itself: by duration
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -30,12 +31,20 @@ def percentile(values: list[float], q: float) -> float:
 # Plain request/response ---------------------------------------------------------------------
 
 
-def http_request(method: str, path: str, port: int, body: bytes = b"", close: bool = False) -> bytes:
+def http_request(
+    method: str,
+    path: str,
+    port: int,
+    body: bytes = b"",
+    close: bool = False,
+    headers: dict[str, str] | None = None,
+) -> bytes:
     head = [f"{method} {path} HTTP/1.1", f"Host: {HOST}:{port}", "User-Agent: msev15-bench"]
     if body:
         head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     if close:
         head.append("Connection: close")
+    head += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -143,6 +152,8 @@ class StreamResult:
     events: int = 0  # token events received
     tokens: int = 0  # model tokens those events carried (coalescing puts several in one)
     finished_at: float = 0.0
+    status: int = 0  # the HTTP status (SSE); 0 when none arrived
+    error: str = ""  # the `code` of an `error` event, or the HTTP status's error code
 
 
 def _account(result: StreamResult, payload: bytes | str, started: float) -> bool:
@@ -157,6 +168,7 @@ def _account(result: StreamResult, payload: bytes | str, started: float) -> bool
         return False
     if kind in ("done", "error"):
         result.completed = kind == "done"
+        result.error = "" if kind == "done" else str(event.get("code", "error"))
         result.finished_at = time.perf_counter()
         return True
     return False
@@ -171,7 +183,9 @@ async def sse_stream(port: int, request: bytes) -> StreamResult:
         reader, writer = await asyncio.open_connection(HOST, port)
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
-        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+        result.status = int(head.split(b" ", 2)[1])
+        if result.status != 200:
+            result.error = _error_code(head, await _rest(reader, head))
             return result
         chunked = b"chunked" in head.lower()
         buffer = b""
@@ -197,6 +211,74 @@ async def sse_stream(port: int, request: bytes) -> StreamResult:
     finally:
         if writer is not None:
             writer.close()
+
+
+async def _rest(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """The body of a non-streamed reply (the error), read with a short bound."""
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            with contextlib.suppress(Exception):
+                return await asyncio.wait_for(reader.readexactly(int(line.split(b":")[1])), 2)
+    return b""
+
+
+def _error_code(head: bytes, body: bytes) -> str:
+    status = head.split(b" ", 2)[1].decode()
+    try:
+        code = orjson.loads(body).get("code")
+    except (orjson.JSONDecodeError, AttributeError):
+        code = None
+    return f"{status} {code}" if code else status
+
+
+async def sse_events(
+    port: int, request: bytes, count: int | None = None
+) -> tuple[list[tuple[str, bytes]], float | None]:
+    """Read `count` events (None: to the end) of one SSE stream on a fresh connection, then close it.
+
+    Returns the events as (`id`, `data`) and the seconds from connect to the first `data` event.
+    The caller bounds it in time.
+    """
+    events: list[tuple[str, bytes]] = []
+    first: float | None = None
+    started = time.perf_counter()
+    writer = None
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            return events, first
+        chunked = b"chunked" in head.lower()
+        buffer = b""
+        while count is None or len(events) < count:
+            if chunked:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                data = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                buffer += data[:-2]
+            else:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                buffer += data
+            while b"\n\n" in buffer and (count is None or len(events) < count):
+                block, buffer = buffer.split(b"\n\n", 1)
+                fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+                if b"data" not in fields:
+                    continue  # a keep-alive comment
+                if first is None:
+                    first = time.perf_counter() - started
+                events.append((fields.get(b"id", b"").decode(), fields[b"data"]))
+                if orjson.loads(fields[b"data"]).get("type") in ("done", "error"):
+                    return events, first
+    except (OSError, asyncio.IncompleteReadError, ValueError):
+        return events, first
+    finally:
+        if writer is not None:
+            writer.close()
+    return events, first
 
 
 async def ws_stream(url: str, frame: bytes | str, idle: asyncio.Event | None = None) -> StreamResult:

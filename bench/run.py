@@ -13,18 +13,14 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import math
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,19 +31,28 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import loadgen  # noqa: E402 - needs the repository root on sys.path first
-
-PYTHON = sys.executable
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVER_CPU, CLIENT_CPU = 0, 1
-# Settings a developer's shell may hold that would change what is measured.
-_SCRUB = {
-    "API_KEYS",
-    "SMTP_SERVER",
-    "AZURE_OPENAI_API_KEY",
-    "AZURE_OPENAI_ENDPOINT",
-    "AZURE_AI_PROJECT_ENDPOINT",
-}
+from bench import loadgen, resume  # noqa: E402 - needs the repository root on sys.path first
+from bench.common import (  # noqa: E402
+    CLIENT_CPU,
+    PYTHON,
+    SERVER_CPU,
+    CpuMeter,
+    Fleet,
+    Proc,
+    at_least,
+    at_most,
+    f0,
+    f1,
+    free_port,
+    hypercorn_argv,
+    load_average,
+    on_cpu,
+    ratio,
+    rss_mib,
+    say,
+    service_env,
+    wait_http,
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,20 @@ class Size:
     token_ms: float = 50.0
     ab_level: int = 100  # the model-transport A/B: streams at once, and rounds of it per transport
     ab_rounds: int = 6  # even: each transport goes first equally often
+    resume_finished: int = 200  # resumes of ended turns, one at a time
+    resume_running: int = 100  # cut-and-resume cycles on running turns ...
+    resume_concurrency: int = 10  # ... this many at once
+    buffer_turns: int = 20_000  # turns in the buffer memory probe
+    # --stores
+    store_workers: tuple[int, ...] = (1, 2)
+    store_conns: int = 64
+    store_turn_s: float = 2.0
+    store_rounds: int = 3
+    store_burst: int = 1000
+    buffer_streams: int = 100
+    buffer_rounds: int = 3
+    buffer_saturation_s: float = 3.0
+    pool_burst_rounds: int = 2
 
 
 FULL = Size()
@@ -92,183 +111,20 @@ QUICK = Size(
     token_ms=20.0,
     ab_level=5,
     ab_rounds=1,
+    resume_finished=4,
+    resume_running=4,
+    resume_concurrency=2,
+    buffer_turns=500,
+    store_workers=(1, 2),
+    store_conns=4,
+    store_turn_s=0.3,
+    store_rounds=1,
+    store_burst=10,
+    buffer_streams=5,
+    buffer_rounds=1,
+    buffer_saturation_s=0.3,
+    pool_burst_rounds=1,
 )
-
-
-# Processes ------------------------------------------------------------------------------------
-
-
-def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def worker_pid(self) -> int:
-        """Hypercorn with workers=1 serves from one spawned child; without children, the process itself."""
-        children = _children(self.pid)
-        # the spawned worker is the child running the app; multiprocessing may add a resource tracker
-        for child in children:
-            try:
-                cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"multiprocessing.spawn" in cmd or b"spawn_main" in cmd:
-                return child
-        return self.pid
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            raw = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-            found.extend(int(x) for x in raw)
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class Fleet:
-    """Every process this run started, stopped by PID (their own process groups) at the end."""
-
-    def __init__(self, workdir: Path, pin: bool) -> None:
-        self.workdir = workdir
-        self.pin = pin
-        self.procs: list[Proc] = []
-
-    def start(
-        self, name: str, argv: list[str], port: int, cpu: int, env: dict[str, str] | None = None
-    ) -> Proc:
-        log = self.workdir / f"{name}.log"
-        pin = self.pin
-
-        def _pin() -> None:
-            if pin:
-                os.sched_setaffinity(0, {cpu})
-
-        with log.open("wb") as out:
-            popen = subprocess.Popen(  # noqa: S603 - our own fixed commands
-                argv,
-                cwd=str(ROOT),
-                env={**{k: v for k, v in os.environ.items() if k not in _SCRUB}, **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_pin,  # noqa: PLW1509 - affinity only, no locks involved
-            )
-        proc = Proc(name, popen, port, log)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in reversed(self.procs):
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.popen.wait(timeout=5)
-            # the group may hold a straggler (a hypercorn worker) after its leader exited
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        self.procs.clear()
-
-
-def wait_http(proc: Proc, path: str, timeout: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{proc.port}{path}"
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    tail = proc.log.read_text(errors="replace")[-3000:] if proc.log.exists() else ""
-    raise RuntimeError(f"{proc.name} did not come up on port {proc.port}:\n{tail}")
-
-
-def hypercorn_argv(target: str, port: int) -> list[str]:
-    return [
-        PYTHON,
-        "-m",
-        "hypercorn",
-        "--config",
-        str(ROOT / "hypercorn.toml"),
-        "--bind",
-        f"127.0.0.1:{port}",
-        target,
-    ]
-
-
-def service_env(model_port: int, workdir: Path, tag: str) -> dict[str, str]:
-    return {
-        "LLM_PROVIDER": "openai",
-        "OPENAI_BASE_URL": f"http://127.0.0.1:{model_port}/v1",
-        "OPENAI_API_KEY": "bench",
-        "ENABLE_RATE_LIMITING": "false",
-        "LOG_LEVEL": "WARNING",
-        "LOG_TO_FILE": "false",
-        "MCP_AUTOSTART": "false",
-        "MCP_SERVER_URL": "http://127.0.0.1:9/mcp",  # nothing listens on the discard port
-        "ORDER_DB_PATH": str(workdir / f"orders-{tag}.db"),
-        "SESSION_DB_PATH": str(workdir / f"sessions-{tag}.db"),
-        "OUTBOX_DIR": str(workdir / f"outbox-{tag}"),
-        "SESSION_STORE": "memory",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-@contextlib.contextmanager
-def on_cpu(cpu: int, pin: bool) -> Iterator[None]:
-    """Run this (client) process on another CPU for a while: the direct calls stand in for the service."""
-    if not pin:
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 # Results --------------------------------------------------------------------------------------
@@ -295,16 +151,17 @@ class Report:
         self.rows.append(Row(*args, **kw))
 
     def markdown(self, header: str) -> str:
-        out = [
-            header,
-            "",
-            "| Figure | Service | Baseline | Ratio | Bar | Verdict |",
-            "|---|---|---|---|---|---|",
-        ]
-        out += [
-            f"| {r.figure} | {r.service} | {r.baseline} | {r.ratio} | {r.bar} | {r.verdict} |"
-            for r in self.rows
-        ]
+        out = [header]
+        if self.rows:
+            out += [
+                "",
+                "| Figure | Service | Baseline | Ratio | Bar | Verdict |",
+                "|---|---|---|---|---|---|",
+            ]
+            out += [
+                f"| {r.figure} | {r.service} | {r.baseline} | {r.ratio} | {r.bar} | {r.verdict} |"
+                for r in self.rows
+            ]
         if self.cpu:
             out += ["", "CPU used by the server under test during each load (100% = one core):", ""]
             out += [f"- {line}" for line in self.cpu]
@@ -314,45 +171,6 @@ class Report:
         for section in self.sections:
             out += ["", section.rstrip("\n")]
         return "\n".join(out) + "\n"
-
-
-def f0(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{x:,.0f}"
-
-
-def f1(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{x:,.1f}"
-
-
-def ratio(a: float, b: float) -> str:
-    return "n/a" if not b or math.isnan(a) or math.isnan(b) else f"{a / b:.2f}"
-
-
-def at_least(value: float, floor: float, unit: str = "") -> str:
-    if math.isnan(value):
-        return "missed (no data)"
-    if value >= floor:
-        return f"met (+{value - floor:,.1f}{unit})"
-    return f"**missed** by {floor - value:,.1f}{unit}"
-
-
-def at_most(value: float, ceiling: float, unit: str = "") -> str:
-    if math.isnan(value):
-        return "missed (no data)"
-    if value <= ceiling:
-        return f"met ({ceiling - value:,.1f}{unit} to spare)"
-    return f"**missed** by {value - ceiling:,.1f}{unit}"
-
-
-class CpuMeter:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.cpu = cpu_seconds(pid)
-        self.wall = time.perf_counter()
-
-    def percent(self) -> float:
-        wall = time.perf_counter() - self.wall
-        return 100.0 * (cpu_seconds(self.pid) - self.cpu) / wall if wall else float("nan")
 
 
 # The loads ------------------------------------------------------------------------------------
@@ -366,8 +184,17 @@ class Bench:
         workdir: Path,
         model_transports: tuple[str, ...] = (),
         ab_only: bool = False,
+        workers: int = 1,
+        stores: bool = False,
+        redis_pools: tuple[int, ...] = (),
+        stores_only: bool = False,
     ) -> None:
         self.size = size
+        self.workers = workers
+        self.stores = stores or stores_only
+        self.stores_only = stores_only
+        self.redis_pools = redis_pools
+        self.server_cpu: int | None = SERVER_CPU if workers == 1 else None
         self.pin = pin
         self.workdir = workdir
         self.fleet = Fleet(workdir, pin)
@@ -397,27 +224,37 @@ class Bench:
         self.model_slow = self.fleet.start(
             "model-slow", [PYTHON, *model_slow, "--port", str(p_slow)], p_slow, CLIENT_CPU
         )
-        self.bare = self.fleet.start("bare", hypercorn_argv("bench.bare_app:app", p_bare), p_bare, SERVER_CPU)
+        if self.stores_only:  # the stores section starts its own services
+            wait_http(self.model_fast, "/v1/models")
+            wait_http(self.model_slow, "/v1/models")
+            return
+        self.bare = self.fleet.start(
+            "bare", hypercorn_argv("bench.bare_app:app", p_bare, self.workers), p_bare, self.server_cpu
+        )
         # Two service instances: zero-latency model and 50 ms model (each idle while the other works).
         self.svc = self.fleet.start(
             "service",
-            hypercorn_argv("app:app", p_svc),
+            hypercorn_argv("app:app", p_svc, self.workers),
             p_svc,
-            SERVER_CPU,
+            self.server_cpu,
             service_env(p_fast, self.workdir, "a"),
         )
         self.svc_stream = self.fleet.start(
             "service-stream",
-            hypercorn_argv("app:app", p_svc_stream),
+            hypercorn_argv("app:app", p_svc_stream, self.workers),
             p_svc_stream,
-            SERVER_CPU,
+            self.server_cpu,
             service_env(p_slow, self.workdir, "b"),
         )
         for name in self.model_transports:
             port = free_port()
             env = {**service_env(p_slow, self.workdir, f"ab-{name}"), "BENCH_MODEL_TRANSPORT": name}
             self.ab_services[name] = self.fleet.start(
-                f"service-{name}", hypercorn_argv("bench.service_app:app", port), port, SERVER_CPU, env
+                f"service-{name}",
+                hypercorn_argv("bench.service_app:app", port, self.workers),
+                port,
+                self.server_cpu,
+                env,
             )
         wait_http(self.model_fast, "/v1/models")
         wait_http(self.model_slow, "/v1/models")
@@ -449,7 +286,7 @@ class Bench:
                 (self.bare, get_bare, bare, bare_cpu),
                 (self.svc, get_svc, svc, svc_cpu),
             ):
-                m = CpuMeter(proc.worker_pid())
+                m = CpuMeter(proc.worker_pids())
                 part = await loadgen.request_loop(
                     proc.port, lambda i, r=request: r, s.health_conns, s.health_s / s.rounds
                 )
@@ -498,7 +335,7 @@ class Bench:
                     )
                     return loadgen.http_request("POST", "/api/v1/chat", self.svc.port, body)
 
-                m = CpuMeter(self.svc.worker_pid())
+                m = CpuMeter(self.svc.worker_pids())
                 svc = await loadgen.request_loop(self.svc.port, make, conns, duration)
                 self.report.cpu.append(f"service JSON chat, concurrency {conns}: {f0(m.percent())}%")
                 await self.settle()
@@ -521,6 +358,7 @@ class Bench:
                     ratio(svc.ms(99), d.ms(99)),
                 )
                 if conns > 1:
+                    self.turns_per_s = svc.rps
                     self.report.add(
                         f"JSON chat turns/s, concurrency {conns}",
                         f0(svc.rps),
@@ -605,18 +443,18 @@ class Bench:
             for level in s.levels:
                 svc_start = self._svc_sse(level) if transport == "SSE" else self._svc_ws(level)
                 bare_start = self._bare_sse(s.token_ms) if transport == "SSE" else self._bare_ws(s.token_ms)
-                m = CpuMeter(self.bare.worker_pid())
+                m = CpuMeter(self.bare.worker_pids())
                 bare = await loadgen.stream_phase(level, bare_start, s.stream_timeout)
                 bare_cpu = m.percent()
                 await self.settle()
-                m = CpuMeter(self.svc_stream.worker_pid())
+                m = CpuMeter(self.svc_stream.worker_pids())
                 svc = await loadgen.stream_phase(level, svc_start, s.stream_timeout)
                 self.report.cpu.append(
                     f"{transport} x{level}: service {f0(m.percent())}%, bare {f0(bare_cpu)}%"
                 )
                 await self.settle()
                 name = f"{transport} x{level}"
-                in_bar = level <= 100
+                in_bar = level <= 100 * self.workers
                 self.report.add(
                     f"{name}: completed %",
                     f1(svc.completion),
@@ -665,7 +503,7 @@ class Bench:
                     # idle connections forever starts warm and one that expires them starts cold.
                     await loadgen.stream_phase(s.ab_level, start, s.stream_timeout)
                     await self.settle()
-                m = CpuMeter(proc.worker_pid())
+                m = CpuMeter(proc.worker_pids())
                 phase = await loadgen.stream_phase(s.ab_level, start, s.stream_timeout)
                 cpu[name].append(m.percent())
                 p99[name].append(phase.first_token_ms(99))
@@ -697,14 +535,14 @@ class Bench:
         b_events = b_s = events = tokens = secs = 0.0
         bare_cpu, svc_cpu = [], []
         for _ in range(s.rounds):
-            m = CpuMeter(self.bare.worker_pid())
+            m = CpuMeter(self.bare.worker_pids())
             e, _, t = await loadgen.saturation(
                 self._bare_sse(0), s.saturation_clients, s.saturation_s / s.rounds
             )
             bare_cpu.append(m.percent())
             b_events, b_s = b_events + e, b_s + t
             await self.settle()
-            m = CpuMeter(self.svc.worker_pid())
+            m = CpuMeter(self.svc.worker_pids())
             e, k, t = await loadgen.saturation(start, s.saturation_clients, s.saturation_s / s.rounds)
             svc_cpu.append(m.percent())
             events, tokens, secs = events + e, tokens + k, secs + t
@@ -725,15 +563,14 @@ class Bench:
     async def idle_websockets(self) -> None:
         s = self.size
         for label, proc, path in (("service", self.svc, "/api/v1/chat/ws"), ("bare", self.bare, "/ws")):
-            pid = proc.worker_pid()
             gc.collect()
-            before = rss_mib(pid)
+            before = proc.rss_mib()
             hold = asyncio.Event()
             opened, tasks = await loadgen.open_idle_websockets(
                 f"ws://127.0.0.1:{proc.port}{path}", s.idle_websockets, hold
             )
             await asyncio.sleep(1.0 if self.size is FULL else 0.1)
-            after = rss_mib(pid)
+            after = proc.rss_mib()
             hold.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             setattr(self, f"ws_{label}", (opened, before, after))
@@ -774,6 +611,72 @@ class Bench:
             f"filled in {probe['seconds']:.1f} s"
         )
 
+    async def resume(self) -> None:
+        """Resume latency on the streaming service (in-process buffer); a real turn for the probe."""
+        s = self.size
+        self.turn_events = await resume.one_turn_events(self.svc_stream.port)
+        figures = await resume.resume_latency(
+            self.svc_stream.port, s.resume_finished, s.resume_running, s.resume_concurrency
+        )
+        for which, label, n in (
+            ("finished", "an ended turn, one resume at a time", s.resume_finished),
+            ("running", f"a running turn, {s.resume_concurrency} at once", s.resume_running),
+        ):
+            values = figures.finished_ms if which == "finished" else figures.running_ms
+            self.report.add(
+                f"resume latency p50 / p99 (ms), {label} ({len(values)} of {n})",
+                f"{f1(figures.ms(which, 50))} / {f1(figures.ms(which, 99))}",
+                bar="(info: connect to first replayed event)",
+            )
+        if figures.failures:
+            self.report.notes.append(f"resume failures: {figures.failures}")
+        await self.settle()
+
+    def buffer_memory(self) -> None:
+        s = self.size
+        events = getattr(self, "turn_events", [])
+        if not events:
+            return
+        path = self.workdir / "turn-events.json"
+        path.write_bytes(orjson.dumps([e.decode() for e in events]))
+        out = subprocess.run(  # noqa: S603 - our own script
+            [PYTHON, str(Path(__file__)), "--probe-buffer", str(s.buffer_turns), "--events", str(path)],
+            cwd=str(ROOT),
+            capture_output=True,
+            timeout=240,
+            check=True,
+        )
+        probe = orjson.loads(out.stdout.splitlines()[-1])
+        n = s.buffer_turns
+        active = (probe["active_mib"] - probe["before_mib"]) * 1024 * 1024 / n
+        kept = (probe["kept_mib"] - probe["before_mib"]) * 1024 * 1024 / n
+        self.report.add(
+            f"turn buffer: memory per active turn ({n:,} turns mid-answer, "
+            f"{probe['active_events']} of {probe['events']} events each)",
+            f"{f0(active)} B/turn",
+            bar="(info)",
+        )
+        self.report.add(
+            f"turn buffer: memory per ended turn kept for resume ({probe['events']} events, "
+            f"{f0(probe['event_bytes'])} B of JSON)",
+            f"{f0(kept)} B/turn",
+            bar="(info)",
+        )
+        rate = getattr(self, "turns_per_s", float("nan"))
+        keep = 300
+        self.report.notes.append(
+            f"the turn buffer keeps an ended turn RESUME_BUFFER_SECONDS ({keep} s by default): at this "
+            f"run's {f0(rate)} JSON turns/s that is {f0(rate * keep)} turns, "
+            f"{f0(rate * keep * kept / 1024 / 1024)} MiB per worker"
+        )
+
+    async def stores_section(self) -> None:
+        from bench.stores import StoresBench
+
+        part = StoresBench(self.size, self.fleet, self.pin, self.workdir, self.model_fast, self.model_slow)
+        await part.run(self.redis_pools)  # the main services stay up, idle
+        self.report.sections += part.sections
+
     async def warm_up(self) -> None:
         """First requests pay for imports, connection pools and caches: keep them out of the figures."""
         for proc in (self.svc, self.svc_stream):
@@ -793,13 +696,19 @@ class Bench:
             self.history,
             self.saturation,
             self.streaming,
+            self.resume,
             *([self.model_transport_ab] if self.model_transports else []),
             self.idle_websockets,
+            *([self.stores_section] if self.stores else []),
         )
-        for step in (self.model_transport_ab,) if self.ab_only else steps:
+        if self.ab_only:
+            steps = (self.model_transport_ab,)
+        elif self.stores_only:
+            steps = (self.stores_section,)
+        for step in steps:
             started = time.perf_counter()
             await step()
-            _say(f"  {step.__name__}: {time.perf_counter() - started:.1f} s")
+            say(f"  {step.__name__}: {time.perf_counter() - started:.1f} s")
 
 
 def _ab_table(
@@ -1025,14 +934,43 @@ def main() -> int:
         action="store_true",
         help="only the --model-transports A/B (about 2 minutes): to repeat it in quiet moments",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="Hypercorn workers of the service and of the bare app"
+    )
+    parser.add_argument(
+        "--stores",
+        action="store_true",
+        help="add the session stores section (memory, SQLite, Redis at 1 and 2 workers) and the Redis "
+        "turn buffer against the in-process one; needs redis-server (about 3 more minutes)",
+    )
+    parser.add_argument(
+        "--stores-only",
+        action="store_true",
+        help="only the --stores section (and --redis-pools): to repeat it in quiet moments",
+    )
+    parser.add_argument(
+        "--redis-pools",
+        default="",
+        help="with --stores: comma-separated REDIS_MAX_CONNECTIONS values to compare (e.g. 16,32,64,128)",
+    )
     parser.add_argument("--probe-sessions", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-buffer", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--events", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe_sessions:
         probe_sessions(args.probe_sessions)
         return 0
+    if args.probe_buffer:
+        sys.stdout.write(orjson.dumps(resume.probe_buffer(args.probe_buffer, args.events)).decode() + "\n")
+        return 0
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
 
     size = QUICK if args.quick else FULL
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and os.cpu_count() is not None
+    pin = pin and args.workers == 1  # more workers than one: every process may use every core
+    pools = tuple(int(x) for x in args.redis_pools.split(",") if x.strip())
+    load_before = load_average()
     with contextlib.suppress(ValueError, OSError):
         import resource
 
@@ -1046,17 +984,28 @@ def main() -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="msev15-bench-") as tmp:
         transports = tuple(t for t in args.model_transports.split(",") if t)
-        bench = Bench(size, pin, Path(tmp), transports, args.ab_only and bool(transports))
+        bench = Bench(
+            size,
+            pin,
+            Path(tmp),
+            transports,
+            args.ab_only and bool(transports),
+            args.workers,
+            args.stores,
+            pools,
+            args.stores_only,
+        )
         try:
             if pin:
                 os.sched_setaffinity(0, {CLIENT_CPU})
-            _say("starting model servers, bare app and service ...")
+            say("starting model servers, bare app and service ...")
             bench.start()
             asyncio.run(bench.run_all())
-            if not bench.ab_only:
+            if not (bench.ab_only or bench.stores_only):
                 bench.session_memory()
+                bench.buffer_memory()
         except KeyboardInterrupt:
-            _say("interrupted: stopping everything this run started")
+            say("interrupted: stopping everything this run started")
             return 130
         finally:
             bench.stop()
@@ -1064,7 +1013,12 @@ def main() -> int:
     header = (
         f"# Benchmark: service vs bare Quart ({'quick' if args.quick else 'full'} run, "
         f"{time.strftime('%Y-%m-%d %H:%M')}, {took:.0f} s, {os.cpu_count()} CPUs, "
+        f"{args.workers} worker{'s' if args.workers > 1 else ''}, "
         f"{'pinned: servers CPU 0, client and model servers CPU 1' if pin else 'not pinned'})"
+    )
+    bench.report.notes.append(
+        f"load average (1/5/15 min) at the start {load_before}, at the end {load_average()}: "
+        "other work on the machine shows there"
     )
     text = bench.report.markdown(header)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,11 @@
-"""The service, its model client on the transport `BENCH_MODEL_TRANSPORT` names (bench/run.py's A/B).
+"""The service with benchmark-only swaps (bench/run.py's A/Bs); the service proper (`app:app`) has
+neither switch.
 
-`hypercorn ... bench.service_app:app`; the service proper (`app:app`) has no such switch.
+`hypercorn ... bench.service_app:app`, with
+- `BENCH_MODEL_TRANSPORT`: the model client's HTTP transport (bench/model_transports.py);
+- `BENCH_TURN_BUFFER=redis`: the turn buffer in Redis Streams at `REDIS_URL` whatever the session
+  store, so the Redis buffer can be measured against the in-process one with the same (memory)
+  session store.
 """
 
 from __future__ import annotations
@@ -11,6 +16,19 @@ from bench import model_transports
 
 model_transports.use(os.environ.get("BENCH_MODEL_TRANSPORT", "lean"))
 
-from app import app  # noqa: E402 - after the swap, which create_model reads when the app starts
+if os.environ.get("BENCH_TURN_BUFFER") == "redis":
+    from msev15.stores.sessions.redis import connect
+    from msev15.stores.turns_redis import RedisTurnBuffer, reader_client
+    from msev15.web import services as _services
+
+    def _redis_buffer(keep_seconds: float) -> RedisTurnBuffer:
+        url = os.environ["REDIS_URL"]
+        pool = int(os.environ.get("REDIS_MAX_CONNECTIONS", "64"))
+        wait = float(os.environ.get("SESSION_STORE_WAIT_SECONDS", "5"))
+        return RedisTurnBuffer(connect(url, pool, wait), reader_client(url), keep_seconds)
+
+    _services.MemoryTurnBuffer = _redis_buffer  # type: ignore[misc,assignment]  # read when the app starts
+
+from app import app  # noqa: E402 - after the swaps, which the app reads when it starts
 
 __all__ = ["app"]

@@ -6,22 +6,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import require_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_quick_run_writes_the_table(tmp_path: Path) -> None:
-    out = tmp_path / "latest.md"
+def run_bench(out: Path, *flags: str, timeout: float) -> str:
     done = subprocess.run(  # noqa: S603 - our own script
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", *flags, "--out", str(out)],
         cwd=str(ROOT),
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     table = out.read_text()
     assert table == done.stdout
+    assert "no data" not in table
+    return table
+
+
+def test_bench_quick_run_writes_the_table(tmp_path: Path) -> None:
+    table = run_bench(tmp_path / "latest.md", timeout=90)
     for figure in (
         "/health requests/s",
         "JSON chat turn p50 (ms), concurrency 1",
@@ -29,8 +36,12 @@ def test_bench_quick_run_writes_the_table(tmp_path: Path) -> None:
         "saturation SSE tokens/s",
         "SSE x5: completed %",
         "WebSocket x5: completed %",
+        "resume latency p50 / p99 (ms), an ended turn",
+        "resume latency p50 / p99 (ms), a running turn",
         "idle WebSockets",
         "idle sessions",
+        "turn buffer: memory per active turn",
+        "turn buffer: memory per ended turn",
     ):
         assert figure in table, figure
     # every stream of the tiny run completes, on the service and on the bare app alike
@@ -38,4 +49,36 @@ def test_bench_quick_run_writes_the_table(tmp_path: Path) -> None:
         if "completed %" in line:
             cells = [c.strip() for c in line.split("|")]
             assert cells[2] == cells[3] == "100.0", line
-    assert "no data" not in table
+    # every resume found its turn and replayed the event after its position
+    assert "resume failures" not in table
+    for line in table.splitlines():
+        if line.startswith("| resume latency"):
+            assert "(4 of 4)" in line, line
+
+
+def test_bench_quick_stores_section(tmp_path: Path) -> None:
+    """`--stores-only` with a Redis pool comparison: every store at 1 and 2 workers, real redis-server."""
+    require_binary("redis-server", "redis-server")
+    table = run_bench(tmp_path / "stores.md", "--stores-only", "--redis-pools", "8", timeout=240)
+    for heading in (
+        "## Session stores: JSON turns/s and a burst of 10 new SSE chats",
+        "## Turn buffer: in process against Redis Streams",
+        "## Redis connection pool size",
+        "SQLite at 2 workers:",
+    ):
+        assert heading in table, heading
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in table.splitlines()
+        if line.startswith("| ")
+    ]
+    stores = {(cells[0], cells[1]) for cells in rows if len(cells) > 1}
+    for store in ("memory", "sqlite", "redis"):
+        for workers in ("1", "2"):
+            assert (store, workers) in stores, (store, workers)
+    # the tiny burst completes on every store and every pool size, and no turn failed
+    for cells in rows:
+        if cells[0] in ("memory", "sqlite", "redis"):
+            assert cells[7] == "0" and cells[8] == "100.0" and cells[11] == "none", cells
+        if cells[0] == "8":
+            assert cells[5] == "0" and cells[6] == "100.0" and cells[8] == "none", cells
