@@ -16,7 +16,8 @@ import trustme
 from quart.typing import TestClientProtocol
 
 from msev15 import create_app
-from msev15.mail.sender import Mailer, recipient_allowed, render_message
+from msev15.mail.render import render_message
+from msev15.mail.sender import Mailer, recipient_allowed
 from msev15.settings import Settings
 from msev15.stores.orders import OrderRepository
 from msev15.tools.mail import mail_tools

@@ -1,4 +1,8 @@
-"""Email: render text + HTML, write to the outbox first, deliver in the background over SMTP."""
+"""Email delivery: write the rendered mail to the outbox first, deliver it in the background over SMTP.
+
+The outbox row keeps the whole message as sent (parts and attachments), so a mail delivered after
+an SMTP outage, or re-sent by another instance, is byte for byte the one that was queued.
+"""
 
 from __future__ import annotations
 
@@ -18,94 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-from jinja2 import Environment
 
+from msev15.mail.render import Rendered, Shop
 from msev15.settings import Settings
 from msev15.stores.order_schema import now_iso
 from msev15.stores.orders import OrderRepository
 
 log = logging.getLogger(__name__)
-
-# Autoescape: every customer-supplied value (names, addresses, bodies) is escaped in the HTML part.
-_HTML = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
-_TEXT = Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-
-_CONFIRMATION_TEXT = _TEXT.from_string(
-    """Hello {{ order.customer_name }},
-
-Thank you for your order {{ order.order_id }}. Here is a summary.
-
-Status: {{ order.status }}
-{% for item in order["items"] %}
-- {{ item.quantity }} x {{ item.name }} ({{ item.sku }}) at {{ item.unit_price }} = {{ item.line_total }}
-{% endfor %}
-Total: {{ order.total }}
-
-Shipping to:
-{{ order.shipping_address }}
-
-If anything looks wrong, just reply to this email.
-
-{{ sender_name }}
-"""
-)
-
-_CONFIRMATION_HTML = _HTML.from_string(
-    """<!doctype html>
-<html><body style="font-family: sans-serif; color: #222;">
-<p>Hello {{ order.customer_name }},</p>
-<p>Thank you for your order <strong>{{ order.order_id }}</strong>. Here is a summary.</p>
-<p>Status: {{ order.status }}</p>
-<table cellpadding="4" style="border-collapse: collapse;">
-<tr><th align="left">Item</th><th align="left">SKU</th><th align="right">Qty</th>
-<th align="right">Price</th><th align="right">Total</th></tr>
-{% for item in order["items"] %}
-<tr><td>{{ item.name }}</td><td>{{ item.sku }}</td><td align="right">{{ item.quantity }}</td>
-<td align="right">{{ item.unit_price }}</td><td align="right">{{ item.line_total }}</td></tr>
-{% endfor %}
-<tr><td colspan="4" align="right"><strong>Total</strong></td>
-<td align="right"><strong>{{ order.total }}</strong></td></tr>
-</table>
-<p>Shipping to:<br>{{ order.shipping_address | e | replace("\\n", "<br>"|safe) }}</p>
-<p>If anything looks wrong, just reply to this email.</p>
-<p>{{ sender_name }}</p>
-</body></html>
-"""
-)
-
-_MESSAGE_HTML = _HTML.from_string(
-    """<!doctype html>
-<html><body style="font-family: sans-serif; color: #222;">
-{% for paragraph in paragraphs %}
-<p>{{ paragraph | e | replace("\\n", "<br>"|safe) }}</p>
-{% endfor %}
-<p>{{ sender_name }}</p>
-</body></html>
-"""
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    subject: str
-    text: str
-    html: str
-
-
-def render_confirmation(order: dict[str, Any], sender_name: str) -> Rendered:
-    """An order confirmation as text and HTML from the order dict the repository returns."""
-    return Rendered(
-        f"Your order {order['order_id']}",
-        _CONFIRMATION_TEXT.render(order=order, sender_name=sender_name),
-        _CONFIRMATION_HTML.render(order=order, sender_name=sender_name),
-    )
-
-
-def render_message(subject: str, body: str, sender_name: str) -> Rendered:
-    """A free-form message: the body as written in text, escaped paragraphs in HTML."""
-    paragraphs = [p.strip() for p in body.replace("\r\n", "\n").split("\n\n") if p.strip()]
-    text = body.rstrip() + f"\n\n{sender_name}\n"
-    return Rendered(subject, text, _MESSAGE_HTML.render(paragraphs=paragraphs, sender_name=sender_name))
 
 
 def recipient_allowed(address: str, patterns: list[str]) -> bool:
@@ -127,6 +50,23 @@ class QueuedMail:
     message_id: str
     recipient: str
     status: str  # "queued" (the sender will deliver it) or "undelivered" (outbox only)
+    attachments: tuple[str, ...] = ()
+
+    def outcome(self) -> dict[str, Any]:
+        """What a tool tells the model about this mail."""
+        if self.status == "queued":
+            note = "queued for delivery; it usually arrives within a minute"
+        else:
+            note = "saved in the outbox: no mail server is configured, so it was not delivered"
+        found: dict[str, Any] = {
+            "mail_id": self.id,
+            "to": self.recipient,
+            "status": self.status,
+            "note": note,
+        }
+        if self.attachments:
+            found["attachments"] = list(self.attachments)
+        return found
 
 
 class Mailer:
@@ -216,7 +156,14 @@ class Mailer:
         else:
             await asyncio.to_thread(_write_eml, self.settings.outbox_dir, mail_id, raw)
             log.info("mail %s kept in the outbox (no SMTP_SERVER)", mail_id)
-        return QueuedMail(mail_id, str(message["Message-ID"]), to, status)
+        return QueuedMail(
+            mail_id, str(message["Message-ID"]), to, status, tuple(a.filename for a in content.attachments)
+        )
+
+    async def shop(self, tenant_id: str) -> Shop:
+        """The tenant's shop as its documents name it."""
+        name, return_address = await self.repo.shop(tenant_id)
+        return Shop(name, return_address or "Returns Department")
 
     async def get(self, mail_id: str) -> dict[str, Any] | None:
         """One outbox row (for diagnostics and tests)."""
@@ -241,6 +188,11 @@ class Mailer:
         message["Message-ID"] = f"<{mail_id}@{domain}>"
         message.set_content(content.text)
         message.add_alternative(content.html, subtype="html")
+        for attachment in content.attachments:
+            maintype, _, subtype = attachment.content_type.partition("/")
+            message.add_attachment(
+                attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename
+            )
         return message
 
     # Delivery -------------------------------------------------------------------------------

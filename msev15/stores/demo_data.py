@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEMO_TENANT = "default"
+DEMO_SHOP_NAME = "Demo Shop"
+# Where the demo shop's returns go (printed on its prepaid return labels).
+DEMO_RETURN_ADDRESS = "Returns Department\n100 Warehouse Way\nSpringfield, IL 62701\nUnited States"
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX outbox_due ON outbox (status, next_attempt_at)",
     ),
+    (
+        # Printed on the shop's prepaid return labels; the demo shop's is filled in.
+        "ALTER TABLE tenants ADD COLUMN return_address TEXT NOT NULL DEFAULT ''",
+        "UPDATE tenants SET return_address = 'Returns Department' || char(10) || '100 Warehouse Way'"
+        " || char(10) || 'Springfield, IL 62701' || char(10) || 'United States'"
+        " WHERE id = 'default' AND name = 'Demo Shop' AND return_address = ''",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -99,10 +106,13 @@ INSERT_ITEM = (
 )
 
 
-async def ensure_tenant(db: aiosqlite.Connection, tenant_id: str, name: str | None = None) -> None:
+async def ensure_tenant(
+    db: aiosqlite.Connection, tenant_id: str, name: str | None = None, return_address: str = ""
+) -> None:
     await db.execute(
-        "INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        (tenant_id, name or tenant_id, now_iso()),
+        "INSERT INTO tenants (id, name, return_address, created_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (id) DO NOTHING",
+        (tenant_id, name or tenant_id, return_address, now_iso()),
     )
 
 
@@ -117,7 +127,7 @@ async def insert_products(db: aiosqlite.Connection, tenant_id: str, products: It
 async def seed_demo_data(db: aiosqlite.Connection) -> None:
     """Demo data of API.md; `DO NOTHING` on conflict keeps it idempotent even if run twice."""
     tenant = demo_data.DEMO_TENANT
-    await ensure_tenant(db, tenant, "Demo Shop")
+    await ensure_tenant(db, tenant, demo_data.DEMO_SHOP_NAME, demo_data.DEMO_RETURN_ADDRESS)
     await insert_products(db, tenant, demo_data.CATALOG)
     stamp = datetime.now(UTC).replace(microsecond=0)
     for email, name in demo_data.CUSTOMERS:

@@ -126,9 +126,18 @@ class OrderRepository:
 
     # Set-up helpers (seeding, tests, admin scripts) -------------------------------------
 
-    async def add_tenant(self, tenant_id: str, name: str | None = None) -> None:
+    async def add_tenant(self, tenant_id: str, name: str | None = None, return_address: str = "") -> None:
         async with self.transaction() as db:
-            await ensure_tenant(db, tenant_id, name)
+            await ensure_tenant(db, tenant_id, name, return_address)
+
+    async def shop(self, tenant_id: str) -> tuple[str, str]:
+        """The tenant's shop name and return address (the tenant id and "" when it has no row)."""
+        async with self.reading() as db:
+            async with db.execute(
+                "SELECT name, return_address FROM tenants WHERE id = ?", (tenant_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+        return (str(row["name"]), str(row["return_address"])) if row else (tenant_id, "")
 
     async def add_products(self, tenant_id: str, products: Iterable[Product]) -> None:
         async with self.transaction() as db:

@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from msev15.mail.sender import Mailer, QueuedMail, recipient_allowed, render_confirmation, render_message
+from msev15.mail.render import render_confirmation, render_message
+from msev15.mail.sender import Mailer, recipient_allowed
 from msev15.stores.order_rules import OrderError
 from msev15.stores.orders import OrderRepository
 from msev15.tools.orders import CustomerEmail, EmailAddress, OrderId, owner_email
@@ -31,23 +32,15 @@ class SendEmailArgs(ToolArgs):
         return value
 
 
-def _outcome(mail: QueuedMail) -> dict[str, Any]:
-    if mail.status == "queued":
-        note = "queued for delivery; it usually arrives within a minute"
-    else:
-        note = "saved in the outbox: no mail server is configured, so it was not delivered"
-    return {"mail_id": mail.id, "to": mail.recipient, "status": mail.status, "note": note}
-
-
 def mail_tools(mailer: Mailer, repo: OrderRepository) -> list[Tool]:
     """The email tools; recipients are checked against this tenant's customers and the allow-list."""
 
     async def send_order_confirmation(args: SendOrderConfirmationArgs, ctx: ToolContext) -> dict[str, Any]:
         email = owner_email(ctx, args.customer_email, args.order_id)
         order = await repo.get_order(ctx.tenant_id, args.order_id, email)
-        content = render_confirmation(order, mailer.settings.sender_name)
+        content = render_confirmation(order, mailer.settings.sender_name, await mailer.shop(ctx.tenant_id))
         mail = await mailer.enqueue(ctx.tenant_id, order["customer_email"], content)
-        return {"order_id": order["order_id"], **_outcome(mail)}
+        return {"order_id": order["order_id"], **mail.outcome()}
 
     async def may_send_to(args: SendEmailArgs, ctx: ToolContext) -> None:
         if ctx.verified_email is not None:  # a verified customer's chat mails that customer only
@@ -64,13 +57,14 @@ def mail_tools(mailer: Mailer, repo: OrderRepository) -> list[Tool]:
     async def send_email(args: SendEmailArgs, ctx: ToolContext) -> dict[str, Any]:
         await may_send_to(args, ctx)
         content = render_message(args.subject, args.body, mailer.settings.sender_name)
-        return _outcome(await mailer.enqueue(ctx.tenant_id, args.to, content))
+        return (await mailer.enqueue(ctx.tenant_id, args.to, content)).outcome()
 
     return [
         Tool(
             "send_order_confirmation",
-            "Email the customer a confirmation of one of their orders (items, total, shipping address)."
-            " Needs the order id and the email that owns the order; the mail goes to that email.",
+            "Email the customer a confirmation of one of their orders (items, total, shipping address),"
+            " with the invoice attached as a PDF. Needs the order id and the email that owns the order;"
+            " the mail goes to that email.",
             SendOrderConfirmationArgs,
             send_order_confirmation,
             refusals=(OrderError,),

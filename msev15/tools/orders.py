@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
+from msev15.mail.documents import return_code
+from msev15.mail.render import render_return_instructions
+from msev15.mail.sender import Mailer
 from msev15.stores.order_rules import MAX_QUANTITY, OrderError, not_found
 from msev15.stores.orders import ORDER_PREFIX, OrderRepository
 from msev15.tools.registry import Precheck, Tool, ToolArgs, ToolContext, ToolError
 
+log = logging.getLogger(__name__)
 _EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _ORDER_ID_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,31}$")
 
@@ -150,8 +155,11 @@ def _items(items: Any) -> str:
     return ", ".join(f"{i.get('quantity', 1)} × {i.get('sku', '?')}" for i in items if isinstance(i, dict))
 
 
-def order_tools(repo: OrderRepository) -> list[Tool]:
-    """The order tools bound to one repository; the tenant always comes from the call's context."""
+def order_tools(repo: OrderRepository, mailer: Mailer | None = None) -> list[Tool]:
+    """The order tools bound to one repository; the tenant always comes from the call's context.
+
+    With a mailer, an approved return mails the customer the return instructions and a prepaid label.
+    """
     # Long by design: a table of six declarations, each tool's facts side by side with its handler.
 
     async def find_customer_orders(args: FindCustomerOrdersArgs, ctx: ToolContext) -> dict[str, Any]:
@@ -191,7 +199,28 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
 
     async def request_return(args: RequestReturnArgs, ctx: ToolContext) -> dict[str, Any]:
         email = owner_email(ctx, args.customer_email, args.order_id)
-        return await repo.request_return(ctx.tenant_id, args.order_id, email, args.reason)
+        order = await repo.request_return(ctx.tenant_id, args.order_id, email, args.reason)
+        if mailer is None:
+            return order
+        return {**order, "return_label": await mail_return_label(order, ctx)}
+
+    async def mail_return_label(order: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        """The mail the returns policy promises; the return itself is already recorded."""
+        assert mailer is not None
+        content = render_return_instructions(
+            ctx.tenant_id, order, mailer.settings.sender_name, await mailer.shop(ctx.tenant_id)
+        )
+        code = return_code(ctx.tenant_id, order["order_id"])
+        try:
+            mail = await mailer.enqueue(ctx.tenant_id, order["customer_email"], content)
+        except Exception:  # the return stands; the model must not tell the customer it failed
+            log.exception("return of %s recorded, but its label mail could not be queued", order["order_id"])
+            return {
+                "return_code": code,
+                "status": "not sent",
+                "note": "the return is recorded, but the label mail could not be queued; support sends it",
+            }
+        return {"return_code": code, **mail.outcome()}
 
     def can_change(change: str) -> Precheck:
         async def precheck(
@@ -259,7 +288,8 @@ def order_tools(repo: OrderRepository) -> list[Tool]:
         ),
         Tool(
             "request_return",
-            "Request a return for a delivered order. Only possible once the order has been delivered.",
+            "Request a return for a delivered order. Only possible once the order has been delivered. The"
+            " customer is then emailed the return instructions with a prepaid return label (PDF).",
             RequestReturnArgs,
             request_return,
             consequential=True,

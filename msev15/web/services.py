@@ -117,7 +117,7 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
         mailer = Mailer(orders, settings)
         stack.push_async_callback(mailer.close)
         await mailer.start()
-        tools.register_all(order_tools(orders))
+        tools.register_all(order_tools(orders, mailer))  # an approved return mails its label
         tools.register_all(mail_tools(mailer, orders))
         audit = await AuditLog.open(settings.order_db_path, busy_timeout_ms=settings.db_busy_timeout_ms)
         stack.push_async_callback(audit.close)
