@@ -83,12 +83,30 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, content_type="application/json")
 
 
+class FieldError(ValueError):
+    """Raised by a model-level validator about one of its fields, so the details name that field.
+
+    A plain ValueError from a model validator has no location, and its detail would name only
+    the whole body; this one says which field the client must fix.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
-    """Pydantic's errors as API.md's `{"field", "message"}` list."""
-    return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
-        for err in exc.errors(include_url=False)
-    ]
+    """Pydantic's errors as the API's `{"field", "message"}` list (dotted paths; `body` for the whole)."""
+    details = []
+    for err in exc.errors(include_url=False):
+        where = [str(p) for p in err["loc"]]
+        message = err["msg"]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):
+            where.append(cause.field)
+            message = str(cause)
+        details.append({"field": ".".join(where) or "body", "message": message})
+    return details
 
 
 def rate_limited(exc: RateLimitExceeded) -> RateLimited:

@@ -15,7 +15,6 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
 from quart import request
 from quart_schema.validation import (
     QUART_SCHEMA_QUERYSTRING_ATTRIBUTE,
@@ -23,7 +22,7 @@ from quart_schema.validation import (
     DataSource,
 )
 
-from msev15.web.errors import BadRequest, validation_details
+from msev15.web.errors import BadRequest, FieldError, validation_details
 
 ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=ID_PATTERN)]
@@ -37,6 +36,17 @@ _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _omit_not_null(schema: dict[str, Any]) -> None:
+    """Document an optional field as "leave it out", not as "send null" (null is still accepted).
+
+    The field stays a plain `X | None` in Python, so a bad value is one error at the field's own
+    name (`message`), not one per union branch (`message.constrained-str`, `message.none`).
+    """
+    branches = [branch for branch in schema.pop("anyOf", []) if branch != {"type": "null"}]
+    if len(branches) == 1:
+        schema.update(branches[0])
 
 
 class ApprovalIn(_Strict):
@@ -53,20 +63,23 @@ class ChatRequest(_Strict):
     )
 
     session_id: Identifier
-    message: (
-        Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=r"\S")]
-        | SkipJsonSchema[None]
-    ) = None
-    tenant_id: Identifier = "default"
-    user_id: Identifier | SkipJsonSchema[None] = Field(
-        None, description="Tenant key only: act for this end user (a client token's user is fixed)."
+    message: Annotated[str, StringConstraints(min_length=1, max_length=10_000, pattern=r"\S")] | None = Field(
+        None, json_schema_extra=_omit_not_null
     )
-    approvals: Annotated[list[ApprovalIn], Field(min_length=1, max_length=50)] | SkipJsonSchema[None] = None
+    tenant_id: Identifier = "default"
+    user_id: Identifier | None = Field(
+        None,
+        description="Tenant key only: act for this end user (a client token's user is fixed).",
+        json_schema_extra=_omit_not_null,
+    )
+    approvals: Annotated[list[ApprovalIn], Field(min_length=1, max_length=50)] | None = Field(
+        None, json_schema_extra=_omit_not_null
+    )
 
     @model_validator(mode="after")
     def _message_or_approvals(self) -> ChatRequest:
         if self.message is None and self.approvals is None:
-            raise ValueError("message is required unless approvals are given")
+            raise FieldError("message", "Field required unless approvals are given")
         return self
 
 
