@@ -116,5 +116,7 @@ def _announce(settings: Settings, found: Services) -> None:
             "mcp": found.mcp.state if found.mcp is not None else "off",
         },
     )
+    for warning in settings.start_warnings:
+        log.warning(warning)
     if not settings.api_key_map:
         log.warning("API_KEYS is not set: every client may use every tenant. Set API_KEYS in production.")

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VERSION = "0.1.0"
@@ -112,6 +112,28 @@ class Settings(BaseSettings):
     mcp_timeout_seconds: float = Field(10.0, gt=0, le=600)
     mcp_reconnect_seconds: float = Field(5.0, gt=0, le=3600)
 
+    # What start-up should warn about (logged with the banner, once logging is set up).
+    _start_warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _service_links(cls, data: Any, handler: Any) -> Any:
+        """Kubernetes puts `<SERVICE>_PORT=tcp://10.0.0.7:8000` into every pod of the namespace for
+        each Service; for a Service named `server` or `smtp` that lands on our port settings. Read it
+        as its port, and say so at start (`enableServiceLinks: false` in the pod spec avoids it)."""
+        warnings = []
+        if isinstance(data, dict):
+            for name in PORT_SETTINGS:
+                value = data.get(name)
+                if not isinstance(value, str) or (port := service_link_port(value)) is None:
+                    continue
+                warnings.append(service_link_warning(name.upper(), value, port))
+                data = {**data, name: port}
+        settings = handler(data)
+        if isinstance(settings, Settings):
+            settings._start_warnings = warnings
+        return settings
+
     @field_validator("openai_base_url", "azure_ai_project_endpoint", "azure_openai_endpoint", "smtp_server")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
@@ -160,6 +182,11 @@ class Settings(BaseSettings):
         return value
 
     # Derived views -----------------------------------------------------------------
+
+    @property
+    def start_warnings(self) -> list[str]:
+        """Warnings about the configuration itself, for the start log."""
+        return list(self._start_warnings)
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -211,6 +238,21 @@ class Settings(BaseSettings):
 
 
 _ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,255}$")
+_SERVICE_LINK_RE = re.compile(r"^\s*tcp://[^\s/]+:([0-9]{1,5})/?\s*$")
+PORT_SETTINGS = ("server_port", "smtp_port")
+
+
+def service_link_port(value: str) -> int | None:
+    """The port of a Kubernetes service link such as `tcp://10.0.0.7:8000`; None for anything else."""
+    found = _SERVICE_LINK_RE.match(value)
+    return int(found.group(1)) if found else None
+
+
+def service_link_warning(variable: str, value: str, port: int) -> str:
+    return (
+        f"{variable}={value} looks like a Kubernetes service link, not a port: using port {port}."
+        f" Set {variable} explicitly, or enableServiceLinks: false in the pod spec"
+    )
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:

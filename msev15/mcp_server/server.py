@@ -263,10 +263,28 @@ def _default_db_path() -> Path:
     return load_settings().order_db_path
 
 
+def _env_port(name: str, default: int, warnings: list[str]) -> int:
+    """A port from the environment; a Kubernetes service link (`tcp://10.0.0.7:8000`) gives its port."""
+    from msev15.settings import service_link_port, service_link_warning
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    port = service_link_port(raw)
+    if port is not None:
+        warnings.append(service_link_warning(name, raw, port))
+        return port
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise SystemExit(f"{name}={raw!r} is not a port (1-65535)")
+    return int(raw)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m msev15.mcp_server", description=__doc__.splitlines()[0])
+    warnings: list[str] = []
+    parser.set_defaults(start_warnings=warnings)
     parser.add_argument("--host", default=os.environ.get("MCP_HOST", DEFAULT_HOST))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("MCP_PORT", DEFAULT_PORT)))
+    parser.add_argument("--port", type=int, default=_env_port("MCP_PORT", DEFAULT_PORT, warnings))
     parser.add_argument("--transport", choices=("http", "streamable-http", "stdio"), default="http")
     parser.add_argument("--db", type=Path, default=None, help="orders database (default: ORDER_DB_PATH)")
     parser.add_argument("--tenant", default="default", help="the tenant whose catalog is served")
@@ -302,6 +320,8 @@ def main(argv: Sequence[str] | None = None, build: Callable[[Path, str], MCPServ
     logging.basicConfig(
         stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for warning in args.start_warnings:
+        log.warning(warning)
     db_path = args.db if args.db is not None else _default_db_path()
     server = build(db_path, args.tenant)
     if not Path(db_path).exists():
