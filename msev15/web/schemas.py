@@ -229,6 +229,8 @@ class AuditEvent(BaseModel):
     tool: str
     arguments: dict[str, Any]
     ok: bool | None
+
+
 class StreamQuery(ScopeQuery):
     """Where to resume: `<turn_id>:<seq>` (the header Last-Event-ID wins when both are given)."""
 
@@ -239,7 +241,6 @@ class Stopped(BaseModel):
     stopped: bool
     session_id: str
     turn_id: str | None
-
 
     error: str | None = None
     duration_ms: float | None = None
