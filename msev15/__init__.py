@@ -91,6 +91,7 @@ def create_app(
         try:
             yield
         finally:
+            found.draining = True  # readiness answers 503 `draining` from now on; liveness stays 200
             await found.close()
             app.extensions.pop(EXTENSION_KEY, None)
 

@@ -16,6 +16,7 @@ from hypercorn.config import Config
 from quart import Quart
 
 from msev15.settings import DEFAULT_MCP_URL, ROOT, load_settings
+from msev15.web.services import EXTENSION_KEY
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,15 @@ def main(app: Quart) -> None:
 async def _serve(app: Quart, config: Config) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def begin_shutdown() -> None:
+        found = app.extensions.get(EXTENSION_KEY)
+        if found is not None:  # readiness says `draining` at once, before Hypercorn stops listening
+            found.draining = True
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, begin_shutdown)
     app_any: Any = app
     await serve(app_any, config, shutdown_trigger=stop.wait)

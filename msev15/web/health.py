@@ -10,7 +10,8 @@ from quart_schema import document_response, tag
 from msev15.jsonio import iso, utcnow
 from msev15.web.errors import json_response
 from msev15.web.schemas import Health, Readiness
-from msev15.web.services import run_checks, services
+from msev15.web.services import readiness as check_readiness
+from msev15.web.services import services
 
 routes = Blueprint("health", __name__)
 
@@ -40,9 +41,22 @@ async def liveness() -> Response:
 @document_response(Readiness)
 @document_response(Readiness, 503)
 async def readiness() -> Response:
-    """Can it serve? Database and model are critical; MCP and SMTP only degrade."""
+    """Can it serve? Database and model are critical; MCP and SMTP only degrade.
+
+    Results are reused for HEALTH_CACHE_SECONDS. From the moment shutdown begins the answer is 503
+    `draining` (no checks run), so a load balancer stops sending new work while turns finish.
+    """
     found = services()
-    status, checks, warnings = await run_checks(found)
+    if found.draining:
+        body = {
+            "status": "draining",
+            "timestamp": iso(utcnow()),
+            "uptime_seconds": found.uptime(),
+            "checks": {},
+            "warnings": ["shutting down: finishing the turns in flight"],
+        }
+        return json_response(body, 503)
+    status, checks, warnings = await check_readiness(found)
     body = {
         "status": status,
         "timestamp": iso(utcnow()),

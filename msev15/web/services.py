@@ -71,6 +71,9 @@ class Services:
     mailer: Mailer | None = None
     audit: AuditLog | None = None
     token_secret: bytes = b""  # signs client and visitor tokens (web/tokens.py)
+    draining: bool = False  # shutdown has begun: readiness answers 503 `draining`
+    readiness_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    readiness_cache: tuple[float, ReadinessResult] | None = None
 
     def uptime(self) -> float:
         return round(time.time() - self.started_at, 3)
@@ -186,7 +189,26 @@ async def _purge_turns(buffer: TurnBuffer, keep: float) -> None:
             log.exception("turn buffer purge failed")
 
 
-async def run_checks(found: Services, limit: float = 2.0) -> tuple[str, dict[str, str], list[str]]:
+ReadinessResult = tuple[str, dict[str, str], list[str]]  # status, checks, warnings
+
+
+async def readiness(found: Services) -> ReadinessResult:
+    """The checks' result, run at most once per HEALTH_CACHE_SECONDS however many probes ask.
+
+    Probes that arrive while the checks run wait for that run instead of starting their own, so a
+    burst of probes (several load balancers, a Kubernetes probe every second) costs one model call.
+    """
+    ttl = found.settings.health_cache_seconds
+    async with found.readiness_lock:
+        cached = found.readiness_cache
+        if cached is not None and time.monotonic() - cached[0] < ttl:
+            return cached[1]
+        result = await run_checks(found)
+        found.readiness_cache = (time.monotonic(), result)
+        return result
+
+
+async def run_checks(found: Services, limit: float = 2.0) -> ReadinessResult:
     """Readiness: all checks at once, each bounded by `limit` seconds."""
 
     async def one(check: Check) -> str:
