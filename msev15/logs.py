@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -27,8 +28,17 @@ _CONTEXT = (
 _HANDLER_MARK = "_msev15_handler"
 
 
+# Hypercorn's access-log atoms worth a field of their own (the atoms also hold every environment
+# variable and request header, so they are never logged wholesale).
+_ACCESS_FIELDS = (("client", "h"), ("method", "m"), ("path", "U"), ("query", "q"), ("protocol", "H"))
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, module, message, context, and any `extra` fields."""
+    """One JSON object per line: time, level, module, message, context, and any `extra` fields.
+
+    Hypercorn's access log (`hypercorn.toml` routes it here) also gets `status`, `duration_ms`,
+    `bytes` and the response's `request_id` as fields.
+    """
 
     _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -46,18 +56,30 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in self._RESERVED and not key.startswith("_"):
                 entry[key] = value
+        if record.name == "hypercorn.access" and isinstance(record.args, Mapping):
+            entry.update(_access_fields(record.args))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
+def _access_fields(atoms: Mapping[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {name: atoms[key] for name, key in _ACCESS_FIELDS if atoms.get(key)}
+    if str(atoms.get("s", "")).isdigit():
+        fields["status"] = int(atoms["s"])
+    if atoms.get("b") not in (None, "-"):
+        fields["bytes"] = atoms["b"]
+    try:
+        fields["duration_ms"] = round(float(atoms["L"]) * 1000, 3)
+    except (KeyError, TypeError, ValueError):
+        pass
+    if atoms.get("{x-request-id}o"):
+        fields["request_id"] = atoms["{x-request-id}o"]
+    return fields
+
+
 def configure_logging(settings: Settings) -> None:
     """Install the JSON handlers once per process (re-configuring replaces ours, not others')."""
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
-        root.removeHandler(handler)
-        handler.close()
-    formatter = JsonFormatter()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if settings.log_to_file:
         settings.log_file_path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,11 +91,25 @@ def configure_logging(settings: Settings) -> None:
                 encoding="utf-8",
             )
         )
+    _install(handlers, settings.log_level)
+
+
+def configure_stream_logging(level: str, stream: TextIO = sys.stdout) -> None:
+    """The same JSON lines on one stream only (the bundled MCP server: stdout, or stderr under stdio)."""
+    _install([logging.StreamHandler(stream)], level)
+
+
+def _install(handlers: list[logging.Handler], level: str | int) -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(handler)
+        handler.close()
+    formatter = JsonFormatter()
     for handler in handlers:
         handler.setFormatter(formatter)
         setattr(handler, _HANDLER_MARK, True)
         root.addHandler(handler)
-    root.setLevel(settings.log_level)
+    root.setLevel(level)
     # Library chatter (per-request HTTP client lines) stays below INFO.
     for noisy in ("httpx", "httpx2", "httpcore", "openai", "mcp", "hpack", "aiosqlite"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

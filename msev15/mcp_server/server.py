@@ -26,6 +26,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from msev15.logs import configure_stream_logging
 from msev15.mcp_server.catalog import (
     MAX_PRODUCT_RESULTS,
     Catalog,
@@ -316,10 +317,8 @@ async def serve_http(server: MCPServer, host: str, port: int) -> None:
 def main(argv: Sequence[str] | None = None, build: Callable[[Path, str], MCPServer] = build_server) -> None:
     """Run the server; `build` lets a test serve extra tools through the same start-up."""
     args = parse_args(argv)
-    # stderr: on the stdio transport stdout carries the protocol.
-    logging.basicConfig(
-        stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # The service's JSON lines; on stdout, except under stdio, where stdout carries the protocol.
+    configure_stream_logging(args.log_level, sys.stderr if args.transport == "stdio" else sys.stdout)
     for warning in args.start_warnings:
         log.warning(warning)
     db_path = args.db if args.db is not None else _default_db_path()
