@@ -12,6 +12,7 @@ from quart import Quart
 from quart_schema import Info, QuartSchema
 
 from msev15.agent.model import ModelClient
+from msev15.agent.providers import model_auth
 from msev15.logs import banner, configure_logging
 from msev15.settings import ROOT, VERSION, Settings, load_settings
 from msev15.stores.sessions import SessionStore
@@ -106,6 +107,7 @@ def _announce(settings: Settings, found: Services) -> None:
         {
             "model_provider": found.model.provider,
             "model": found.model.model_name,
+            "model_auth": model_auth(found.model),
             "sessions": settings.session_store,
             "database": str(settings.order_db_path),
             "email": (

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 VERSION = "0.1.0"
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: static/, templates/, hypercorn.toml
 DEFAULT_MCP_URL = "http://localhost:8000/mcp"
+DEFAULT_AZURE_API_VERSION = "2024-10-21"  # the current GA of Azure OpenAI's dated inference API
 
 
 class SettingsError(ValueError):
@@ -61,7 +62,9 @@ class Settings(BaseSettings):
     azure_ai_project_endpoint: str | None = None
     azure_openai_endpoint: str | None = None
     azure_openai_responses_deployment_name: str = "gpt-4o"
-    azure_openai_api_version: str = "2024-10-21"
+    openai_api_version: str | None = None  # None: DEFAULT_AZURE_API_VERSION (chat) or "v1" (responses)
+    azure_openai_api_version: str | None = None  # deprecated alias of OPENAI_API_VERSION
+    model_api: Literal["chat", "responses"] = "chat"
     model_timeout_seconds: float = Field(60.0, gt=0, le=600)
     model_max_retries: int = Field(3, ge=0, le=10)
     model_retry_base_seconds: float = Field(0.5, ge=0, le=30)
@@ -135,7 +138,14 @@ class Settings(BaseSettings):
             settings._start_warnings = warnings
         return settings
 
-    @field_validator("openai_base_url", "azure_ai_project_endpoint", "azure_openai_endpoint", "smtp_server")
+    @field_validator(
+        "openai_base_url",
+        "azure_ai_project_endpoint",
+        "azure_openai_endpoint",
+        "smtp_server",
+        "openai_api_version",
+        "azure_openai_api_version",
+    )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
@@ -217,11 +227,21 @@ class Settings(BaseSettings):
         """The provider API.md's selection rules pick."""
         if self.llm_provider != "auto":
             return self.llm_provider
-        if self.azure_openai_api_key and (self.azure_ai_project_endpoint or self.azure_openai_endpoint):
-            return "azure"
+        if self.azure_ai_project_endpoint or self.azure_openai_endpoint:
+            return "azure"  # with AZURE_OPENAI_API_KEY, or keyless through Microsoft Entra ID
         if self.openai_base_url or self.openai_api_key:
             return "openai"
         return "offline"
+
+    @property
+    def azure_api_version(self) -> str:
+        """OPENAI_API_VERSION (or the deprecated AZURE_OPENAI_API_VERSION); unset, the current GA for the
+        model API: the dated GA for Chat Completions, Azure's versionless `v1` API for Responses (the
+        dated API has Responses only in preview versions)."""
+        explicit = self.openai_api_version or self.azure_openai_api_version
+        if explicit:
+            return explicit
+        return "v1" if self.model_api == "responses" else DEFAULT_AZURE_API_VERSION
 
     def masked(self) -> dict[str, Any]:
         """Printable form: every secret replaced, URLs stripped of credentials."""

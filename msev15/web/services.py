@@ -14,7 +14,7 @@ from quart import current_app
 
 from msev15.agent.loop import Agent, AgentLimits
 from msev15.agent.model import ModelClient
-from msev15.agent.providers import create_model
+from msev15.agent.providers import check_credential, create_model
 from msev15.agent.runner import TurnRunner
 from msev15.mail.sender import Mailer
 from msev15.settings import Settings
@@ -107,6 +107,7 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
     try:
         model = overrides.model if overrides.model is not None else create_model(settings)
         stack.push_async_callback(model.close)
+        await check_credential(model)  # a keyless model's first token: the banner says whether it came
         sessions = (
             overrides.sessions if overrides.sessions is not None else await open_session_store(settings)
         )
