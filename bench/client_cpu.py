@@ -1,8 +1,9 @@
 """Client CPU per streamed model call, for each HTTP transport under the model client, in one run.
 
-`python bench/client_cpu.py [--transports lean,aiohttp] [--quick] [--json]`: starts the raw model
-stand-in (`tests/openai_server.py --raw`) on a free 127.0.0.1 port, then runs the service's own
-model client (`OpenAIChatModel`, the service's system prompt and tool specs) against it on each
+`python bench/client_cpu.py [--transports lean,aiohttp] [--api chat,responses] [--quick] [--json]`:
+starts the raw model stand-in (`tests/openai_server.py --raw`) on a free 127.0.0.1 port, then runs
+the service's own model client (`OpenAIChatModel`, or with `--api` also `OpenAIResponsesModel`, shown as
+`TRANSPORT+responses`; the service's system prompt and tool specs) against it on each
 transport in turn, rounds alternating so drifting background load hits every transport alike,
 and reports this process's CPU time (user + system, all threads) per completed call. The model
 server runs on CPU 1 and this client on CPU 0 when the machine has two.
@@ -112,11 +113,15 @@ def service_request() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return messages, registry.specs()
 
 
-def build_model(transport: str, port: int) -> Any:
+def build_model(variant: str, port: int) -> Any:
+    """`TRANSPORT` (Chat Completions) or `TRANSPORT+responses` (the Responses API)."""
     import openai
 
     from bench.model_transports import TRANSPORTS
     from msev15.agent.openai_chat import OpenAIChatModel
+    from msev15.agent.openai_responses import OpenAIResponsesModel
+
+    transport, _, api = variant.partition("+")
 
     client = openai.AsyncOpenAI(
         base_url=f"http://127.0.0.1:{port}/v1",
@@ -125,7 +130,8 @@ def build_model(transport: str, port: int) -> Any:
         timeout=30.0,
         http_client=TRANSPORTS[transport](),
     )
-    return OpenAIChatModel(client, "gpt-4o", "openai", max_retries=0)
+    kind = OpenAIResponsesModel if api == "responses" else OpenAIChatModel
+    return kind(client, "gpt-4o", "openai", max_retries=0)
 
 
 async def _calls(model: Any, request: tuple[list[Any], list[Any]], count: int, concurrency: int) -> int:
@@ -214,6 +220,7 @@ def table(result: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transports", default="lean,aiohttp", help="comma-separated, from model_transports")
+    parser.add_argument("--api", default="chat", help="comma-separated: chat, responses")
     parser.add_argument("--calls", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="a tiny size (seconds): for the smoke test")
@@ -222,7 +229,9 @@ def main() -> int:
     args = parser.parse_args()
     calls, rounds = (20, 1) if args.quick else (args.calls, args.rounds)
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2  # bench/run.py starts this pinned to one CPU
-    result = run(args.transports.split(","), calls, rounds, pin)
+    apis = args.api.split(",")
+    variants = [t if api == "chat" else f"{t}+{api}" for api in apis for t in args.transports.split(",")]
+    result = run(variants, calls, rounds, pin)
     sys.stdout.write(orjson.dumps(result).decode() + "\n" if args.json else table(result))
     return 0
 
