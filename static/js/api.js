@@ -122,6 +122,47 @@ export const api = {
   },
 };
 
+/**
+ * A body silent this long is taken for a dead connection: the service sends a keep-alive comment
+ * every 15 s while an answer is quiet (a long tool call), so only a cut link stays silent longer.
+ */
+const STALL_MS = 45_000;
+
+/**
+ * Read a `text/event-stream` body and call onEvent for each `data:` event; resolves at the end of
+ * the body, also when it stalls (see STALL_MS): the caller tells a finished answer by its `done`.
+ */
+async function readSSE(response, onEvent) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let stall = 0;
+  const arm = () => {
+    clearTimeout(stall);
+    stall = setTimeout(() => reader.cancel().catch(() => {}), STALL_MS);
+  };
+  let buffer = "";
+  try {
+    for (;;) {
+      arm();
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const frame = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const data = frame
+          .split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n");
+        if (data) onEvent(JSON.parse(data));
+      }
+    }
+  } finally {
+    clearTimeout(stall);
+  }
+}
+
 /** POST a chat to the SSE endpoint and call onEvent for each `data:` event; resolves at the end. */
 export async function streamSSE(body, onEvent, signal) {
   const init = {
@@ -132,24 +173,25 @@ export async function streamSSE(body, onEvent, signal) {
   };
   const response = await fetch("/api/v1/chat/stream", init);
   if (!response.ok) throw await failure(response, presented(init));
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += value;
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const frame = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      const data = frame
-        .split("\n")
-        .filter((line) => line.startsWith("data:"))
-        .map((line) => line.slice(5).replace(/^ /, ""))
-        .join("\n");
-      if (data) onEvent(JSON.parse(data));
-    }
-  }
+  await readSSE(response, onEvent);
+}
+
+/**
+ * Pick an answer up again after a dropped connection: its events after `position`
+ * (`<turn_id>:<seq>`, sent as `Last-Event-ID`), then the live ones, to its `done` or `error`.
+ * Without a position: the session's running answer (or its latest one) from the start. `onOpen`
+ * runs once the service has accepted; a 404 (ApiError) means the answer is no longer kept.
+ */
+export async function resumeSSE({ tenant, sessionId, position }, onEvent, signal, onOpen) {
+  const url = new URL(`/api/v1/sessions/${encodeURIComponent(sessionId)}/stream`, window.location.origin);
+  url.searchParams.set("tenant_id", tenant);
+  const extra = { Accept: "text/event-stream" };
+  if (position) extra["Last-Event-ID"] = position;
+  const init = { headers: headers(extra), cache: "no-store", signal };
+  const response = await fetch(url, init);
+  if (!response.ok) throw await failure(response, presented(init));
+  onOpen?.();
+  await readSSE(response, onEvent);
 }
 
 /**
@@ -165,6 +207,7 @@ export class ChatSocket {
     this.timer = null;
     this.pinger = null;
     this.retryAt = 0;
+    this.heard = true; // anything received since the last ping
   }
 
   get open() {
@@ -191,11 +234,15 @@ export class ChatSocket {
     this.ws = ws;
     this.onState("connecting");
     ws.onopen = () => {
+      if (this.ws !== ws) return;
       this.attempt = 0;
+      this.heard = true;
+      this.pinger = setInterval(() => this.check(ws), 25_000);
       this.onState("open");
-      this.pinger = setInterval(() => this.send({ type: "ping" }), 25_000);
     };
     ws.onmessage = (message) => {
+      if (this.ws !== ws) return; // a replaced socket: what it still says is resent on the new one
+      this.heard = true;
       let event;
       try {
         event = JSON.parse(message.data);
@@ -205,11 +252,29 @@ export class ChatSocket {
       if (event.type !== "pong") this.onEvent(event);
     };
     ws.onclose = () => {
+      if (this.ws !== ws) return; // replaced by a newer socket (whose pinger this must not clear)
       clearInterval(this.pinger);
-      if (this.ws !== ws) return; // replaced by a newer socket
       this.ws = null;
       this.schedule();
     };
+  }
+
+  /**
+   * Every 25 s: a ping, which also keeps proxies from closing an idle socket. A socket that has not
+   * answered the previous ping (nor sent anything since) is dead without knowing it (the network
+   * went away without a word): drop it and reconnect.
+   */
+  check(ws) {
+    if (this.ws !== ws) return;
+    if (!this.heard) {
+      clearInterval(this.pinger);
+      this.ws = null;
+      ws.close();
+      this.schedule();
+      return;
+    }
+    this.heard = false;
+    this.send({ type: "ping" });
   }
 
   schedule() {
@@ -223,6 +288,7 @@ export class ChatSocket {
   /** Close the socket and stay closed (no credential to connect with). */
   disconnect() {
     clearTimeout(this.timer);
+    clearInterval(this.pinger);
     const old = this.ws;
     this.ws = null;
     this.attempt = 0;
@@ -231,6 +297,8 @@ export class ChatSocket {
 
   /** Reconnect now (new API key or token, network back): drop the old socket without scheduling. */
   restart() {
+    clearTimeout(this.timer);
+    clearInterval(this.pinger);
     const old = this.ws;
     this.ws = null;
     this.attempt = 0;
