@@ -1,6 +1,6 @@
 // The chat page: wires the API, the WebSocket/SSE transports and the DOM together.
 
-import { api, apiKey, ChatSocket, clientToken, credential, streamSSE, tokenClaims } from "./api.js";
+import { api, apiKey, ChatSocket, clientToken, credential, resumeSSE, streamSSE, tokenClaims } from "./api.js";
 import { AssistantTurn, emptyState, h, icon, relativeTime, userBubble } from "./ui.js";
 
 /**
@@ -78,7 +78,9 @@ const state = {
   auth: { mode: "pending" },
   sessionId: "",
   saved: false, // does the current session exist on the server yet?
-  active: null, // the answer in flight: { turn, via: "ws" | "sse", abort, resolve }
+  active: null, // the answer in flight (see run)
+  lastTurnId: null, // the last answer this page saw to its end
+  reconnectedUntil: 0, // the "Reconnected" notice shows until then
   socket: "connecting",
   httpOk: true,
   cards: new Map(),
@@ -100,11 +102,11 @@ const socket = new ChatSocket({
   onEvent: (event) => onEvent(event),
   onState: (next) => {
     state.socket = next;
-    if (next !== "open" && state.active?.via === "ws") {
-      // The server cancels a turn whose client went away and keeps what was already said.
-      state.active.turn.done({ message: state.active.turn.text, interrupted: true });
-      state.active.turn.error("The connection dropped; the part of the answer shown above was kept.", "connection");
-      finish();
+    const active = state.active;
+    if (active?.via === "ws") {
+      // The answer goes on on the server whatever happens to the socket: pick it up again.
+      if (next === "open") reattach(active);
+      else linkLost(active);
     }
     paintStatus();
   },
@@ -118,7 +120,13 @@ function paintStatus() {
   if (state.auth.mode === "none") {
     kind = "locked";
     text = "Not signed in";
-  } else if (!state.httpOk && state.socket !== "open") {
+  } else if (state.active?.lost) {
+    kind = "reconnecting";
+    text = "Reconnecting…";
+  } else if (Date.now() < state.reconnectedUntil) {
+    kind = "reconnected";
+    text = "Reconnected";
+  } else if (navigator.onLine === false || (!state.httpOk && state.socket !== "open")) {
     kind = "offline";
     text = "Offline — retrying";
   } else if (state.socket === "open") {
@@ -139,9 +147,12 @@ function paintStatus() {
     connecting: "Connecting to the service…",
     offline: "The service cannot be reached. Retrying automatically.",
     locked: "Open the chat from the shop's website to start.",
+    reconnecting: "The connection dropped. The answer goes on: it will continue here where it stopped.",
+    reconnected: "Back online: the answer continued where it stopped.",
   }[kind];
   els.status.title = detail;
-  if (state.socket === "waiting" && kind !== "ws") {
+  if (kind === "reconnected") countdown = setTimeout(paintStatus, state.reconnectedUntil - Date.now() + 50);
+  else if (state.socket === "waiting" && kind !== "ws") {
     const left = Math.max(0, Math.round((socket.retryAt - Date.now()) / 1000));
     if (left > 0) els.status.title = `${detail} Reconnecting in ${left} s.`;
     countdown = setTimeout(paintStatus, 1000);
@@ -542,7 +553,7 @@ function onApproval(card, approve) {
 
 function onEvent(event) {
   const active = state.active;
-  if (!active) return;
+  if (!active || !inOrder(active, event)) return;
   const { turn } = active;
   switch (event.type) {
     case "token":
@@ -563,6 +574,10 @@ function onEvent(event) {
       finish();
       break;
     case "error":
+      if (event.code === "not_found" && event.seq === undefined && active.resumed && active.via === "ws") {
+        gone(active); // the socket refused the resume: the answer is no longer kept
+        return;
+      }
       turn.error(event.error || "Something went wrong.", event.code);
       if (event.code === "unauthorized") credentialRefused();
       finish();
@@ -573,15 +588,194 @@ function onEvent(event) {
   scrollDown();
 }
 
+/**
+ * Is this the next event of the answer in flight? Every event of an answer carries its `turn_id`
+ * and its `seq` (1, 2, 3… without gaps): one already shown (a replay after a reconnect overlaps
+ * it) or of another answer is dropped; a gap means one went missing, so the answer is asked for
+ * again after the last one shown. An event without a position (a refusal before any answer
+ * began) always counts.
+ */
+function inOrder(active, event) {
+  if (typeof event.seq !== "number" || typeof event.turn_id !== "string") return true;
+  if (active.turnId === null) {
+    if (event.turn_id === state.lastTurnId) {
+      // An answer this page already ended (one stopped here while the service went on). Asked for
+      // the session's latest answer, getting that one means this message never began.
+      if (active.resumed) gone(active);
+      return false;
+    }
+    active.turnId = event.turn_id;
+  } else if (event.turn_id !== active.turnId) {
+    return false;
+  }
+  if (event.seq <= active.seq) return false;
+  if (event.seq > active.seq + 1) {
+    relink(active);
+    return false;
+  }
+  active.seq = event.seq;
+  active.attempts = 0;
+  return true;
+}
+
 function finish() {
   const active = state.active;
   if (!active) return;
   // A card the answer did not decide (the turn failed before it) is still pending on the server.
   for (const card of state.cards.values()) if (card.answering) card.setState("pending", "");
+  clearTimeout(active.retry);
+  active.turn.reconnecting(false);
+  if (active.turnId !== null) state.lastTurnId = active.turnId;
   state.active = null;
   setBusy(false);
+  paintStatus();
   active.resolve();
   refreshSessions();
+}
+
+// Reconnecting to the answer in flight ----------------------------------------------------------
+//
+// An answer goes on on the server whatever happens to the connection that asked for it. When that
+// connection drops, the page asks for the rest: the events after the last one it showed (API.md
+// "Reconnecting to an answer in flight"), on the reopened socket with a `resume` frame, else over
+// HTTP, retrying with backoff until the network is back.
+
+const SOCKET_GRACE_MS = 5_000; // how long a dropped socket may take to come back before HTTP takes over
+const NOTICE_MS = 5_000; // how long "Reconnected" shows
+
+/** The connection of the answer in flight dropped: say so, and pick the answer up again. */
+function linkLost(active) {
+  if (state.active !== active || active.lost) return;
+  active.lost = true;
+  active.turn.reconnecting(true);
+  paintStatus();
+  reattach(active);
+}
+
+/** Drop a connection that cannot be trusted any more (the network changed, an event went missing). */
+function relink(active) {
+  if (state.active !== active || active.lost) return;
+  if (active.via === "ws") {
+    socket.restart(); // its state changes come back through linkLost and reattach
+    return;
+  }
+  const link = active.abort;
+  active.abort = null;
+  link?.abort();
+  active.attempts = 0;
+  linkLost(active);
+}
+
+/** One try to pick the answer up again: on the socket once it is open, else over HTTP (with backoff). */
+function reattach(active) {
+  if (state.active !== active || !active.lost) return;
+  clearTimeout(active.retry);
+  if (active.via === "ws" && active.turnId !== null) {
+    const resume = {
+      type: "resume",
+      session_id: active.sessionId,
+      tenant_id: active.tenant,
+      turn_id: active.turnId,
+      after: active.seq,
+    };
+    if (socket.send(resume)) {
+      active.resumed = true;
+      reconnected(active);
+      return;
+    }
+    // The socket reconnects by itself, and its "open" comes back here; HTTP if it stays away.
+    active.waitSince ||= Date.now();
+    const left = active.waitSince + SOCKET_GRACE_MS - Date.now();
+    if (left > 0 && state.socket !== "unsupported") {
+      active.retry = setTimeout(() => reattach(active), left);
+      return;
+    }
+  }
+  // Over HTTP (the socket never knew the answer's id, or is not coming back).
+  active.via = "sse";
+  const delay = active.attempts ? Math.min(15_000, 500 * 2 ** (active.attempts - 1)) * (0.75 + Math.random() * 0.5) : 0;
+  active.attempts += 1;
+  active.retry = setTimeout(() => resumeOverHttp(active), delay);
+}
+
+function resumeOverHttp(active) {
+  if (state.active !== active || !active.lost) return;
+  active.resumed = true;
+  // Without an event yet, the position is unknown: the session's running (or latest) answer.
+  const position = active.turnId === null ? "" : `${active.turnId}:${active.seq}`;
+  const where = { tenant: active.tenant, sessionId: active.sessionId, position };
+  follow(active, (signal) => resumeSSE(where, onEvent, signal, () => reconnected(active)));
+}
+
+/** The answer streams again. */
+function reconnected(active) {
+  if (state.active !== active) return;
+  active.lost = false;
+  active.waitSince = 0;
+  active.turn.reconnecting(false);
+  state.httpOk = true;
+  state.reconnectedUntil = Date.now() + NOTICE_MS;
+  paintStatus();
+}
+
+/**
+ * The answer can no longer be replayed (it ended longer ago than the service keeps answers, or
+ * it never began): show the history, which has what the service kept. A message that did not
+ * reach the service goes back into the message box.
+ */
+async function gone(active) {
+  if (state.active !== active) return;
+  const link = active.abort;
+  active.abort = null;
+  finish();
+  link?.abort();
+  state.reconnectedUntil = Date.now() + NOTICE_MS;
+  paintStatus();
+  if (active.sessionId !== state.sessionId) return;
+  await openSession(active.sessionId, { quiet: true });
+  const { message } = active.body;
+  if (active.turnId !== null || !message || active.sessionId !== state.sessionId) return;
+  const said = [...els.log.querySelectorAll(".msg.user .plain")].at(-1)?.textContent;
+  if (said === message) return;
+  if (!els.input.value) {
+    els.input.value = message;
+    autosize();
+  }
+  banner("resend", "warn", "Your last message did not reach the service. It is back in the message box: please send it again.");
+}
+
+/** Read the answer over one HTTP request until it ends; a request that drops is picked up again. */
+async function follow(active, connect) {
+  active.abort?.abort();
+  const abort = new AbortController();
+  active.abort = abort;
+  const current = () => state.active === active && active.abort === abort;
+  const again = () => (active.lost ? reattach(active) : linkLost(active));
+  try {
+    await connect(abort.signal);
+    if (current()) again(); // the body ended (or stalled) before the answer's `done`
+  } catch (error) {
+    if (!current()) return; // finished, stopped, or replaced by a newer request
+    const { turn } = active;
+    if (!error?.status) {
+      reachable(false);
+      again(); // the network: try again
+    } else if (!active.resumed) {
+      // The chat itself was refused: nothing began.
+      turn.error(error.message, error.type);
+      if (error.status === 401) credentialRefused(error);
+      if (error.status === 429) turn.error(`Please wait ${error.retryAfter || "a few"} s before sending again.`, "rate_limited");
+      finish();
+    } else if (error.status === 404) {
+      gone(active);
+    } else if (error.status === 401 || error.status === 403) {
+      turn.error(error.message, error.type);
+      if (error.status === 401) credentialRefused(error);
+      finish();
+    } else {
+      again(); // busy or failing for now (429, 503…): later
+    }
+  }
 }
 
 /** Send one chat request and stream its answer: WebSocket when open, else SSE. */
@@ -593,32 +787,26 @@ function run(extra) {
   scrollDown(true);
   setBusy(true);
   return new Promise((resolve) => {
-    state.active = { turn, via: "ws", resolve };
+    const active = {
+      turn,
+      resolve,
+      body,
+      tenant: state.tenant,
+      sessionId: state.sessionId,
+      via: "ws", // "ws" | "sse": where the answer streams (or will resume)
+      turnId: null, // the answer's id and the `seq` of the last event shown (see inOrder)
+      seq: 0,
+      lost: false, // the connection dropped; the page is picking the answer up again
+      resumed: false, // asked for the answer again at least once
+      attempts: 0, // HTTP resumes tried since the last event
+      waitSince: 0, // when the page started to wait for the socket to come back
+      retry: 0,
+      abort: null, // the HTTP request in flight
+    };
+    state.active = active;
     if (socket.send({ type: "chat", ...body })) return;
-    const abort = new AbortController();
-    state.active.via = "sse";
-    state.active.abort = abort;
-    streamSSE(body, onEvent, abort.signal)
-      .then(() => {
-        if (state.active?.turn === turn) {
-          turn.error("The answer ended unexpectedly.", "connection");
-          finish();
-        }
-      })
-      .catch((error) => {
-        if (state.active?.turn !== turn) return;
-        if (error?.name === "AbortError") {
-          turn.done({ message: turn.text, interrupted: true });
-        } else if (error?.status) {
-          turn.error(error.message, error.type);
-          if (error.status === 401) credentialRefused(error);
-          if (error.status === 429) turn.error(`Please wait ${error.retryAfter || "a few"} s before sending again.`, "rate_limited");
-        } else {
-          reachable(false);
-          turn.error("The service could not be reached. Check your connection and try again.", "connection");
-        }
-        finish();
-      });
+    active.via = "sse";
+    follow(active, (signal) => streamSSE(body, onEvent, signal));
   });
 }
 
@@ -627,6 +815,7 @@ async function sendMessage(text) {
   if (!message || state.active || state.auth.mode === "none") return;
   els.input.value = "";
   autosize();
+  banner("resend");
   if (!local.title(state.tenant, state.sessionId)) {
     els.title.textContent = local.title(state.tenant, state.sessionId, shortTitle(message));
   }
@@ -638,8 +827,10 @@ async function sendMessage(text) {
   await run({ message });
 }
 
-/** Stop the answer in flight: a `stop` frame on the WebSocket, the stop endpoint on SSE (an
- * answer outlives its connection, so aborting the request alone would not stop it). */
+/**
+ * Stop the answer in flight: a `stop` frame on the socket that started it, else the stop endpoint
+ * (an answer outlives its connection, so dropping the connection alone would not stop it).
+ */
 async function stop() {
   const active = state.active;
   if (!active) return;
@@ -650,11 +841,16 @@ async function stop() {
       resolve();
     };
   });
-  if (active.via === "sse") api.stop(state.tenant, state.sessionId).catch(() => active.abort.abort());
-  else if (!socket.send({ type: "stop" })) {
+  if (active.via === "ws" && !active.resumed && !active.lost && socket.send({ type: "stop" })) return ended;
+  api.stop(active.tenant, active.sessionId).catch(() => {
+    if (state.active !== active) return;
+    // The service cannot be told: here the answer ends now (it may go on and be kept there).
+    const link = active.abort;
+    active.abort = null;
     active.turn.done({ message: active.turn.text, interrupted: true });
     finish();
-  }
+    link?.abort();
+  });
   await ended;
 }
 
@@ -731,8 +927,17 @@ window.addEventListener("hashchange", () => {
   if (takeLinkToken()) reauthenticate();
 });
 
+// Back online: connections opened before may be dead (as Chromium fails requests when the network
+// changes), so the socket starts afresh and an answer streaming over HTTP is picked up again at once.
 window.addEventListener("online", () => {
   if (state.auth.mode !== "none" && state.auth.mode !== "pending") socket.restart();
+  const active = state.active;
+  if (active?.via === "sse" && active.lost) {
+    active.attempts = 0;
+    reattach(active);
+  } else if (active?.via === "sse") {
+    relink(active);
+  }
   checkReadiness();
 });
 window.addEventListener("offline", () => reachable(false));

@@ -260,6 +260,27 @@ export class AssistantTurn {
     return card;
   }
 
+  /**
+   * The connection dropped while this answer streamed (`lost`), or it picked up again. The note is
+   * for the eyes: the connection status, a live region, says it to screen readers.
+   */
+  reconnecting(lost) {
+    if (lost && !this.linkNote) {
+      this.node.dataset.link = "lost";
+      this.linkNote = h(
+        "span",
+        { class: "link-note", "aria-hidden": "true" },
+        h("span", { class: "link-dot" }),
+        "Connection lost — reconnecting…",
+      );
+      this.meta.append(this.linkNote);
+    } else if (!lost && this.linkNote) {
+      delete this.node.dataset.link;
+      this.linkNote.remove();
+      this.linkNote = null;
+    }
+  }
+
   /** The final text from `done`; re-render it whole (the server's text is authoritative). */
   done({ message, interrupted, timestamp }) {
     this.typing.remove();
