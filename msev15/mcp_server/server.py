@@ -293,11 +293,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+HEALTH_PATH = "/health"
+
+
+async def _health(request: Any) -> Any:
+    """`GET /health`: the process serves HTTP (a container health check; no MCP session needed)."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"status": "healthy"})
+
+
 async def serve_http(server: MCPServer, host: str, port: int) -> None:
-    """Serve streamable HTTP at /mcp under Hypercorn until SIGINT or SIGTERM."""
+    """Serve streamable HTTP at /mcp (and GET /health) under Hypercorn until SIGINT or SIGTERM."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
+    server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)(_health)
     app = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
