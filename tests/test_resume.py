@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from msev15 import create_app
 from msev15.settings import Settings
@@ -206,3 +207,23 @@ async def test_resume_on_another_instance_through_redis(
             assert latest == whole
     finally:
         redis.stop()
+
+
+async def test_a_stop_frame_stops_an_answer_resumed_on_a_new_socket(
+    http: httpx.AsyncClient, openai_server: ScriptedOpenAI
+) -> None:
+    openai_server.push(Reply.say(WORDS, delay=0.05))
+    seen = await cut_after(http, "ws-stop", "a long one", 2)
+    host = str(http.base_url).removeprefix("http://").rstrip("/")
+    async with connect(f"ws://{host}/api/v1/chat/ws") as ws:
+        frame = {"type": "resume", "session_id": "ws-stop", "turn_id": seen[0]["turn_id"], "after": 2}
+        await ws.send(json.dumps(frame))
+        first = json.loads(await ws.recv())
+        assert first["seq"] == 3
+        await ws.send(json.dumps({"type": "stop"}))
+        while True:
+            event = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
+            if event["type"] in ("done", "error"):
+                break
+    assert event["type"] == "done" and event["interrupted"] is True
+    assert (await stored_answer(http, "ws-stop"))["interrupted"] is True

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import Blueprint, Response, current_app, g, websocket
 from quart_rate_limiter import RateLimitExceeded
 
-from msev15.agent.events import ErrorEvent, Turn, event_dict
+from msev15.agent.events import ErrorEvent, event_dict
 from msev15.jsonio import dumps, loads
 from msev15.logs import request_id_var
+from msev15.principal import UserScope
 from msev15.web.auth import from_trusted_proxy, require_credentials
 from msev15.web.errors import AppError, Forbidden, rate_limited, render, validation_details
 from msev15.web.ratelimit import count_frame
@@ -100,7 +101,7 @@ class _Channel:
         self._jobs: deque[ChatFrame | ResumeFrame] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._current: asyncio.Task[None] | None = None
-        self._turn: tuple[Turn, str] | None = None  # the chat turn this socket started and follows
+        self._turn: tuple[str, str, UserScope, str] | None = None  # tenant, session, scope, turn id followed
 
     async def serve(self) -> None:
         """Read frames until the client leaves; Quart cancels this task on disconnect."""
@@ -163,8 +164,7 @@ class _Channel:
     def _stop(self) -> None:
         """The customer's stop: the turn ends with `done` marked interrupted, which this socket relays."""
         if self._turn is not None:
-            turn, turn_id = self._turn
-            services().runner.stop(turn.tenant_id, turn.session_id, turn.scope, turn_id)
+            services().runner.stop(*self._turn)
 
     async def _work(self) -> None:
         """Run queued jobs in order, each in its own task so a failure ends only that job."""
@@ -186,7 +186,7 @@ class _Channel:
         except AppError as exc:  # refused before it began: an error event, as REST gives a status
             await self._error(exc.message, exc.details, exc.code, frame.session_id)
             return
-        self._turn = (turn, turn_id)
+        self._turn = (turn.tenant_id, turn.session_id, turn.scope, turn_id)
         await self._relay(await follow(turn_id))
 
     async def _resume(self, frame: ResumeFrame) -> None:
@@ -197,6 +197,7 @@ class _Channel:
         except AppError as exc:
             await self._error(exc.message, exc.details, exc.code, frame.session_id)
             return
+        self._turn = (who.tenant_id, frame.session_id, who.scope, turn_id)  # a stop frame stops it too
         await self._relay(events)
 
     async def _relay(self, events: AsyncIterator[tuple[int, bytes] | None]) -> None:
