@@ -144,7 +144,9 @@ async def test_model_fault_leaves_the_session_consistent(
         assert again.status_code == 200 and body["message"] == "Back again."
         assert body["message_count"] == len(roles) + 2
         sent = [m["role"] for m in openai_server.requests[0]["messages"]]
-        assert sent == ["system", *roles, "user"]  # alternating, no dangling or duplicated turn
+        # Every earlier turn whole: the tool that ran goes back with its call, then the (cut) answer.
+        cut = ["user", "assistant", "tool", "assistant"] if len(roles) == 4 else []
+        assert sent == ["system", "user", "assistant", *cut, "user"]  # no dangling or duplicated turn
 
 
 # Graceful shutdown on SIGTERM -----------------------------------------------------------------

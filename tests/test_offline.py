@@ -14,7 +14,7 @@ from quart.typing import TestClientProtocol
 from msev15 import create_app
 from msev15.agent.model import ModelFinish, TextDelta, ToolCallRequest
 from msev15.agent.offline.model import OfflineModel
-from msev15.agent.offline.wording import NOTE
+from msev15.agent.offline.phrases import NOTE
 from msev15.web.services import EXTENSION_KEY, Services
 from tests.conftest import make_settings
 from tests.mcp_fixtures import McpProcess, make_orders_db, running_mcp
@@ -178,7 +178,7 @@ async def test_says_it_is_offline_once_per_session() -> None:
         (
             f"I want to return ORD-1003, it arrived damaged. {ALICE}",
             "request_return",
-            {"order_id": "ORD-1003", "customer_email": ALICE, "reason": "arrived damaged"},
+            {"order_id": "ORD-1003", "customer_email": ALICE, "reason": "it arrived damaged"},
         ),
         (
             f"Please email me the confirmation for ORD-1001, {ALICE}",
@@ -246,7 +246,7 @@ async def test_an_answer_completes_the_request_that_asked_for_it() -> None:
     assert arguments["shipping_address"] == "5 Main Street, Springfield 12345"
     # A finished request is not repeated just because an email turns up later.
     found = await run(conversation(f"Where is ORD-1002? {ALICE}", "12 Oak Lane, Bristol BS1 4DJ"))
-    assert found.calls == [] and "I can help you with" in found.text
+    assert found.calls == [] and "I did not understand" in found.text
 
 
 async def test_noise_cancelling_is_not_a_cancellation() -> None:
@@ -259,14 +259,16 @@ async def test_noise_cancelling_is_not_a_cancellation() -> None:
         ("Hi!", "Hello!"),
         ("help", "I can help you with"),
         ("thank you!", "You're welcome"),
-        ("banana", "didn't understand"),
+        ("banana", "I did not understand that."),
     ],
 )
 async def test_small_talk_and_anything_else(text: str, expected: str) -> None:
     found = await run(conversation(text))
     assert found.calls == [] and expected in found.text
-    if expected != "You're welcome":
+    if expected in ("Hello!", "I can help you with"):
         assert "cancelling an order" in found.text  # the list of what it can do
+    if text == "banana":
+        assert '"Cancel ORD-1001, I\'m you@example.com"' in found.text  # examples of what it understands
 
 
 # Only the tools it was given --------------------------------------------------------------------
@@ -418,7 +420,7 @@ def approval_turn(
 ) -> list[Any]:
     """What the agent sends after a decision: the typed message (if any), then the decided call."""
     call = {
-        "id": "ap_1",
+        "id": "apr_1",
         "type": "function",
         "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
     }
@@ -431,7 +433,7 @@ def approval_turn(
         *history,
         *([user(typed)] if typed is not None else []),
         {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "ap_1", "content": content},
+        {"role": "tool", "tool_call_id": "apr_1", "content": content},
     ]
 
 
@@ -485,6 +487,226 @@ async def test_tolerates_odd_messages() -> None:
     ]
     assert (await run(messages)).calls == [("get_order", {"order_id": "ORD-1002", "customer_email": ALICE})]
     assert "anything else" in (await run([])).text
+
+
+# Every tool, from the customer's own words (issue 15) ------------------------------------------------
+
+BOB = "bob@example.com"
+MOUSE = {
+    "sku": "MSE-WL500",
+    "name": "Wireless Mouse",
+    "price": "29.99",
+    "currency": "USD",
+    "stock": 60,
+    "in_stock": True,
+}
+SHIPPING = {
+    "topic": "shipping",
+    "title": "Shipping and delivery",
+    "summary": "Orders ship within 1 business day; standard delivery takes 3-5 business days.",
+    "details": [
+        "Standard shipping: 3-5 business days, $4.99.",
+        "Express shipping: 1-2 business days, $14.99.",
+    ],
+}
+WITH_PRICES = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search_products",
+            "parameters": {"properties": {"query": {}, "sort": {}, "max_price": {}}},
+        },
+    },
+    *specs(*ORDER_TOOLS, "create_order", "get_product", "get_policy", "search_faq"),
+]
+
+
+def earlier_turn(text: str, name: str, arguments: dict[str, Any], content: Any, answer: str) -> list[Any]:
+    """A finished turn as the agent sends it back (agent/history.py): the call, its result, the answer."""
+    call = {
+        "id": f"call_{name}",
+        "type": "function",
+        "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
+    }
+    return [
+        user(text),
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": orjson.dumps(content).decode()},
+        assistant(answer),
+    ]
+
+
+async def test_a_purchase_looks_the_product_up_asks_for_the_name_then_proposes() -> None:
+    text = (
+        "I want to order 2 Wireless Mouse (MSE-WL500) shipped to 77 Elm Street, Boston MA 02110"
+        f" - email {BOB}"
+    )
+    first = await run(conversation(text), WITH_PRICES)
+    assert first.calls == [("get_product", {"sku": "MSE-WL500"})]
+    asked = await run(
+        with_result(conversation(text), "get_product", {"sku": "MSE-WL500"}, MOUSE), WITH_PRICES
+    )
+    assert asked.calls == []
+    assert "2 × Wireless Mouse (MSE-WL500, $29.99 each) I still need your full name" in asked.text
+    history = earlier_turn(text, "get_product", {"sku": "MSE-WL500"}, MOUSE, asked.text)
+    proposed = await run([*history, user("Bob Smith")], WITH_PRICES)
+    assert proposed.calls == [
+        (
+            "create_order",
+            {
+                "customer_email": BOB,
+                "customer_name": "Bob Smith",
+                "items": [{"sku": "MSE-WL500", "quantity": 2}],
+                "shipping_address": "77 Elm Street, Boston MA 02110",  # no stray " -"
+            },
+        )
+    ]
+
+
+async def test_buying_one_of_what_the_last_search_showed() -> None:
+    found = {"query": "wireless mice", "count": 1, "sorted_by": "price_low_to_high", "products": [MOUSE]}
+    history = earlier_turn(
+        "Do you sell wireless mice? What's the cheapest one?",
+        "search_products",
+        {"query": "wireless mice", "sort": "price_low_to_high"},
+        found,
+        "The cheapest match is Wireless Mouse.",
+    )
+    buy = f"ok I'd like to buy one, ship to 1 Main St, Springfield, IL 62701. I'm {BOB}"
+    asked = await run([*history, user(buy)], WITH_PRICES)
+    assert asked.calls == [] and "1 × Wireless Mouse (MSE-WL500, $29.99 each)" in asked.text
+    assert "your full name" in asked.text and "address" not in asked.text.split("need")[1]
+    proposed = await run([*history, user(buy), assistant(asked.text), user("Bob Smith")], WITH_PRICES)
+    [(name, arguments)] = proposed.calls
+    assert name == "create_order" and arguments["shipping_address"] == "1 Main St, Springfield, IL 62701"
+    assert arguments["items"] == [{"sku": "MSE-WL500", "quantity": 1}] and arguments["customer_email"] == BOB
+
+
+async def test_a_product_named_in_words_is_searched_for_first() -> None:
+    found = await run(conversation("I would like to buy the fitness watch please"), WITH_PRICES)
+    assert found.calls == [("search_products", {"query": "fitness watch"})]
+    without_catalog = await run(
+        conversation("I'd like to buy the fitness watch"), specs(*ORDER_TOOLS, "create_order")
+    )
+    assert without_catalog.calls == [] and "SKU" in without_catalog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "arguments"),
+    [
+        (
+            "Do you sell wireless mice? What's the cheapest one?",
+            {"query": "wireless mice", "sort": "price_low_to_high"},
+        ),
+        ("any headphones under $50?", {"query": "headphones", "max_price": 50.0}),
+        ("What is the most expensive monitor you have?", {"query": "monitor", "sort": "price_high_to_low"}),
+    ],
+)
+async def test_search_passes_the_price_wishes(text: str, arguments: dict[str, Any]) -> None:
+    assert await call_for(text, tools=WITH_PRICES) == ("search_products", arguments)
+
+
+async def test_a_server_without_price_arguments_reads_them_from_the_query() -> None:
+    assert await call_for("Do you sell wireless mice? What's the cheapest one?") == (
+        "search_products",
+        {"query": "cheapest wireless mice"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (f"I'd like to return ORD-1003. They're too tight. {ALICE}", "They're too tight"),
+        (f"Return ORD-1003 please, they're too tight, {ALICE}", "they're too tight"),
+        (f"Return ORD-1003 because the strap broke after a week. {ALICE}", "the strap broke after a week"),
+        (f"Cancel ORD-1001, {ALICE}, thanks", "requested by the customer"),
+    ],
+)
+async def test_the_customers_own_reason_is_kept(text: str, reason: str) -> None:
+    _, arguments = await call_for(text)
+    assert arguments["reason"] == reason
+
+
+async def test_a_reason_given_while_the_action_waits_changes_it() -> None:
+    arguments = {"order_id": "ORD-1003", "customer_email": ALICE, "reason": "requested by the customer"}
+    history = [*conversation(f"Return ORD-1003, {ALICE}"), assistant("Please confirm: ...")]
+    found = await run(
+        approval_turn(
+            history, "request_return", arguments, "declined by the customer", typed="They're too tight"
+        )
+    )
+    assert found.calls == [("request_return", {**arguments, "reason": "They're too tight"})]
+    assert 'I noted "They\'re too tight" as the reason' in found.text
+
+
+async def test_when_will_it_arrive_reads_the_order_and_the_shipping_policy() -> None:
+    order = {"order_id": "ORD-1002", "status": "shipped", "items": []}
+    history = earlier_turn(
+        f"Where is ORD-1002? {ALICE}",
+        "get_order",
+        {"order_id": "ORD-1002", "customer_email": ALICE},
+        order,
+        "Order ORD-1002 is shipped.",
+    )
+    first = await run([*history, user("when will it arrive?")])
+    assert first.calls == [("get_policy", {"topic": "shipping"})]  # the order is known from turn one
+    messages = with_result(
+        [*history, user("when will it arrive?")], "get_policy", {"topic": "shipping"}, SHIPPING, first.text
+    )
+    answer = await run(messages)
+    assert answer.calls == [] and "Order ORD-1002 has shipped" in answer.text
+    assert "standard delivery takes 3-5 business days (express: 1-2 business days)" in answer.text
+    assert "Items" not in answer.text  # not the whole order again
+    # Without the order in the history, it is looked up together with the policy.
+    fresh = await run(conversation(f"When will ORD-1004 arrive? {BOB}"))
+    assert fresh.calls == [
+        ("get_order", {"order_id": "ORD-1004", "customer_email": BOB}),
+        ("get_policy", {"topic": "shipping"}),
+    ]
+
+
+async def test_several_requests_in_one_message_look_up_first_then_propose() -> None:
+    text = f"Where is ORD-1002, and please cancel ORD-1001. I'm {ALICE}"
+    first = await run(conversation(text))
+    assert first.calls == [("get_order", {"order_id": "ORD-1002", "customer_email": ALICE})]
+    second = await run(with_result(conversation(text), "get_order", first.calls[0][1], ORDER, first.text))
+    assert second.calls == [
+        (
+            "cancel_order",
+            {"order_id": "ORD-1001", "customer_email": ALICE, "reason": "requested by the customer"},
+        )
+    ]
+    assert "Order ORD-1002 is shipped" in second.text  # the lookup is answered before the request to confirm
+    both = await run(conversation(f"Cancel ORD-1001 and ORD-1003, {ALICE}"))
+    assert [a["order_id"] for _, a in both.calls] == ["ORD-1001", "ORD-1003"]
+    asked = await run(conversation("What is your return policy, and where is my order ORD-1002?"))
+    assert asked.calls == [("get_policy", {"topic": "returns"})]
+    answered = await run(
+        with_result(
+            conversation("What is your return policy, and where is my order ORD-1002?"),
+            "get_policy",
+            {"topic": "returns"},
+            {"title": "Returns", "summary": "30 days."},
+            asked.text,
+        )
+    )
+    assert "30 days." in answered.text and "email address" in answered.text  # answered, and the rest listed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "quiero cancelar mi pedido ORD-1004",
+        "¿Dónde está mi pedido ORD-1002?",
+        "Bonjour, je veux annuler ma commande ORD-1001",
+        "Hallo, wo ist meine Bestellung ORD-1002?",
+        "asdf qwerty",
+    ],
+)
+async def test_what_it_cannot_read_gets_a_plain_i_did_not_understand(text: str) -> None:
+    found = await run(conversation(f"{text} {ALICE}"))
+    assert found.calls == []
+    assert "I did not understand that." in found.text and '"Where is my order ORD-1001?' in found.text
 
 
 # End to end through the HTTP API ------------------------------------------------------------------

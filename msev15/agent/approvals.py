@@ -12,6 +12,7 @@ from msev15.jsonio import iso
 PENDING_KEY = "pending_approvals"
 ANSWERED_KEY = "_answered_approvals"
 _ANSWERED_KEPT = 100
+APPROVAL_ID_PREFIX = "apr_"  # a decided call reaches the model under its approval's id
 DECLINED = "declined by the customer"  # the error of a declined action's tool_result (API.md)
 EXPIRED = "this confirmation expired before it was answered; ask again if it is still wanted"
 
@@ -87,7 +88,7 @@ class ApprovalBook:
         self.created: list[Pending] = []
 
     def propose(self, name: str, arguments: dict[str, Any], summary: str, now: float, ttl: float) -> Pending:
-        pending = Pending("apr_" + secrets.token_hex(8), name, arguments, summary, now + ttl)
+        pending = Pending(APPROVAL_ID_PREFIX + secrets.token_hex(8), name, arguments, summary, now + ttl)
         self.pending[pending.id] = pending
         self.created.append(pending)
         return pending

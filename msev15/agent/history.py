@@ -97,8 +97,8 @@ def _render(message: Message) -> list[dict[str, Any]]:
             }
         )
         out += [{"role": "tool", "tool_call_id": str(c["id"]), "content": c["result"]} for c in calls]
-    if message.content or not calls:
-        out.append({"role": "assistant", "content": message.content})
+    # The turn's text closes it, even when empty (cut short): every turn ends with an assistant message.
+    out.append({"role": "assistant", "content": message.content})
     return out
 
 

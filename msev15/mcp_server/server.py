@@ -75,6 +75,8 @@ def _stem(word: str) -> str:
         word = word[:-3]
         if len(word) > 3 and word[-1] == word[-2]:
             word = word[:-1]
+    elif len(word) > 6 and word.endswith("ally"):  # "internationally" finds "international"
+        word = word[:-2]
     elif len(word) > 4 and word.endswith("ies"):
         word = word[:-3] + "y"
     elif len(word) > 3 and word.endswith("s") and not word.endswith("ss"):

@@ -1,4 +1,10 @@
-"""The built-in offline model: deterministic and network-free, yet able to use the shop's real tools."""
+"""The built-in offline model: deterministic and network-free, yet able to use the shop's real tools.
+
+Each round it reads the whole conversation again (offline/reading.py), finds the customer's
+requests (offline/requests.py), decides each one's next step (offline/planner.py) and says it.
+Lookups run first, all in one round; actions are proposed once nothing is left to look up, so the
+answers to the lookups come before the request to confirm.
+"""
 
 from __future__ import annotations
 
@@ -12,38 +18,18 @@ from typing import Any
 
 from msev15.agent.approvals import DECLINED, EXPIRED, typed_answer
 from msev15.agent.model import ModelEvent, ModelFinish, TextDelta, ToolCallRequest
-from msev15.agent.offline.intents import Understanding, understand
-from msev15.agent.offline.wording import (
-    NOTE,
-    ToolOutcome,
-    ask,
-    not_confirmed,
-    preface,
-    small_talk,
-    unavailable,
-    word_outcome,
-)
-from msev15.jsonio import dumps, loads
+from msev15.agent.offline import slots as s
+from msev15.agent.offline.intents import foreign
+from msev15.agent.offline.phrases import NOTE, not_confirmed, preface
+from msev15.agent.offline.planner import plan
+from msev15.agent.offline.reading import Conversation, ToolOutcome, read
+from msev15.agent.offline.requests import split, understand
+from msev15.agent.offline.wording import word_outcome
+from msev15.jsonio import dumps
 
 log = logging.getLogger(__name__)
 
-# Slot names of the intent table → argument names of API.md's tools.
-_ARGUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "get_order": (("order_id", "order_id"), ("customer_email", "email")),
-    "find_customer_orders": (("customer_email", "email"),),
-    "cancel_order": (("order_id", "order_id"), ("customer_email", "email"), ("reason", "reason")),
-    "update_shipping_address": (
-        ("order_id", "order_id"),
-        ("customer_email", "email"),
-        ("shipping_address", "address"),
-    ),
-    "request_return": (("order_id", "order_id"), ("customer_email", "email"), ("reason", "reason")),
-    "send_order_confirmation": (("order_id", "order_id"), ("customer_email", "email")),
-    "search_products": (("query", "query"),),
-    "get_product": (("sku", "sku"),),
-    "get_policy": (("topic", "topic"),),
-    "search_faq": (("query", "query"),),
-}
+ANYTHING_ELSE = "Is there anything else I can help you with?"
 
 
 @dataclass(slots=True)
@@ -84,35 +70,45 @@ def chunks(text: str) -> list[str]:
 
 
 def respond(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Reply:
-    """The next round: word the tool results of this turn, or act on the customer's newest message."""
+    """The next round: word this turn's results, act on the customer's newest message, or both."""
+    conv = read(messages, tools)
     try:
-        reply = _respond(messages, _tool_names(tools))
+        reply = _respond(conv)
     except Exception:  # a wording bug must never cost the customer their answer
         log.exception("offline model failed to word a reply")
         reply = Reply("Sorry, something went wrong on my side while answering. Please try again.")
-    if not _spoke_before(messages):
-        reply.text = NOTE + reply.text
+    if not conv.spoke_before:
+        reply.text = NOTE + reply.text if reply.text else NOTE.rstrip()
     return reply
 
 
-def _respond(messages: list[dict[str, Any]], available: set[str]) -> Reply:
-    seen = _read(messages)
-    current = seen.user_texts[-1] if seen.user_texts else ""
-    moved_on = (
-        seen.outcomes
-        if seen.fresh and typed_answer(current) is None and all(map(_undecided, seen.outcomes))
-        else []
-    )
-    if seen.outcomes and not moved_on:
-        # The answer follows this turn's preface ("Let me look up ...") as a new paragraph.
-        lead = "\n\n" if seen.spoke_this_turn else ""
-        return Reply(lead + "\n\n".join(word_outcome(o) for o in seen.outcomes))
-    if not current.strip():
-        return Reply("Is there anything else I can help you with?")
-    reply = _act(understand(seen.user_texts), available)
-    if moved_on:  # the customer wrote something else while actions waited, which declined them
-        reply.text = "\n".join(not_confirmed(o) for o in moved_on) + "\n\n" + reply.text
-    return reply
+def _respond(conv: Conversation) -> Reply:
+    # The answer follows this turn's preface ("Let me look up ...") as a new paragraph.
+    lead = "\n\n" if conv.spoke_this_turn else ""
+    decided = [o for o in conv.this_turn if o.decided]
+    if decided and len(decided) == len(conv.this_turn):
+        if not conv.fresh or typed_answer(conv.current) is not None:
+            # An approval, or a typed yes or no: say how the decided actions went, nothing more.
+            return Reply(lead + "\n\n".join(word_outcome(o) for o in conv.unworded))
+    notes: list[str] = []
+    if conv.fresh and decided and all(map(_undecided, decided)) and decided[0] in conv.unworded:
+        # The customer wrote something else while actions waited, which declined them.
+        amended = _amend(conv, decided)
+        if amended is not None:
+            return amended
+        notes = ["\n".join(not_confirmed(o) for o in decided)]
+    if not conv.current.strip() and not conv.unworded:
+        return Reply(ANYTHING_ELSE)
+    steps = [plan(request, conv) for request in understand(conv.user_texts, conv.mentions)]
+    consumed = [o for step in steps for o in step.consumed]
+    worded = [word_outcome(o) for o in conv.unworded if not o.decided and not any(o is c for c in consumed)]
+    lookups = [call for step in steps for call in step.lookups]
+    if lookups:
+        return Reply(lead + "\n\n".join([*notes, *worded, *(preface(n, a) for n, a in lookups)]), lookups)
+    said = [*notes, *worded, *(step.text for step in steps if step.text)]
+    said += [text for step in steps for _, _, text in step.proposals if text]
+    calls = [(name, arguments) for step in steps for name, arguments, _ in step.proposals]
+    return Reply(lead + ("\n\n".join(said) or ("" if calls else ANYTHING_ELSE)), calls)
 
 
 def _undecided(outcome: ToolOutcome) -> bool:
@@ -120,102 +116,47 @@ def _undecided(outcome: ToolOutcome) -> bool:
     return not outcome.ok and outcome.error.strip() in (DECLINED, EXPIRED)
 
 
-def _act(found: Understanding, available: set[str]) -> Reply:
-    """Call the intent's tool when it is offered and everything it needs is known; otherwise say why not."""
-    intent, slots = found.intent, found.slots
-    if intent.tool is None:
-        return Reply(small_talk(intent.name, available))
-    tool = intent.tool
-    if tool == "get_product" and tool not in available and "search_products" in available:
-        tool, slots = "search_products", {"query": slots.get("sku", "")}
-    if tool == "search_faq" and tool not in available and intent.name == "question":
-        return Reply(small_talk("unknown", available))
-    if tool not in available:
-        return Reply(unavailable(tool))
-    if found.missing:
-        # "Where is my order? I'm alice@example.com": list their orders rather than ask for the number.
-        if tool == "get_order" and found.missing == ["order_id"] and "find_customer_orders" in available:
-            tool = "find_customer_orders"
-        else:
-            return Reply(ask(tool, found))
-    arguments = {arg: slots[slot] for arg, slot in _ARGUMENTS[tool] if slot in slots}
-    return Reply(preface(tool, arguments), [(tool, arguments)])
+def _amend(conv: Conversation, declined: list[ToolOutcome]) -> Reply | None:
+    """ "They're too tight", sent while a return waited: the same action again, in the customer's words."""
+    current = conv.current
+    asks = [i.name for i, _ in split(current) if i is not None and i.tool]
+    if (
+        foreign(current)
+        or "?" in current
+        or any(name != "address" for name in asks)
+        or s.order_ids_in(current)
+    ):
+        return None
+    again = [_amended(o, current, bool(asks)) for o in declined]
+    if not all(again):
+        return None
+    calls = [(name, arguments) for name, arguments, _ in (a for a in again if a is not None)]
+    changes = "; ".join(dict.fromkeys(change for a in again if a is not None for change in a[2]))
+    return Reply(f"Understood: {changes}.", calls)
 
 
-# Reading the conversation ---------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Seen:
-    """What the model needs from the messages it was given."""
-
-    user_texts: list[str] = field(default_factory=list)  # every user message; the last is the newest
-    outcomes: list[ToolOutcome] = field(default_factory=list)  # tool results since the last text
-    spoke_this_turn: bool = False  # this turn already said something before its tool calls
-    fresh: bool = False  # the results follow the newest customer message directly (decided by it)
-
-
-def _read(messages: list[dict[str, Any]]) -> _Seen:
-    """The customer's messages, and the tool results since the last thing anyone said."""
-    seen = _Seen()
-    calls: dict[str, tuple[str, dict[str, Any]]] = {}
-    for message in messages:
-        role = message.get("role")
-        text = _text(message.get("content"))
-        if role == "user":
-            seen.user_texts.append(text)
-            seen.outcomes, seen.fresh, seen.spoke_this_turn = [], True, False
-        elif role == "assistant":
-            if text.strip():
-                # Earlier turns come back as calls, results, then the text that answered them.
-                seen.outcomes, seen.fresh = [], False
-                seen.spoke_this_turn = bool(message.get("tool_calls"))
-            for call in message.get("tool_calls") or ():
-                function = call.get("function") or {}
-                name, arguments = str(function.get("name", "")), _json_object(function.get("arguments"))
-                calls[str(call.get("id"))] = (name, arguments)
-        elif role == "tool":
-            seen.outcomes.append(_outcome(*calls.get(str(message.get("tool_call_id")), ("", {})), text))
-    return seen
-
-
-def _outcome(name: str, arguments: dict[str, Any], content: str) -> ToolOutcome:
-    try:
-        data: Any = loads(content) if content.strip() else None
-    except ValueError:
-        data = content
-    if isinstance(data, dict) and data.get("ok") is False:
-        return ToolOutcome(name, arguments, False, data, str(data.get("error") or "the request was refused"))
-    return ToolOutcome(name, arguments, True, data, "")
-
-
-def _spoke_before(messages: list[dict[str, Any]]) -> bool:
-    """Whether an assistant message already said something: the offline note is given once per session."""
-    return any(m.get("role") == "assistant" and _text(m.get("content")).strip() for m in messages)
-
-
-def _tool_names(tools: list[dict[str, Any]]) -> set[str]:
-    names = set()
-    for spec in tools:
-        function = spec.get("function") if isinstance(spec, dict) else None
-        if isinstance(function, dict) and function.get("name"):
-            names.add(str(function["name"]))
-    return names
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
-def _json_object(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return raw
-    try:
-        value = loads(raw) if isinstance(raw, str) and raw else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+def _amended(
+    outcome: ToolOutcome, text: str, names_address: bool
+) -> tuple[str, dict[str, Any], list[str]] | None:
+    """The declined call with what the message changes, and those changes in words."""
+    arguments, changes = dict(outcome.arguments), []
+    if outcome.name in ("cancel_order", "request_return") and not names_address:
+        reason = s.reason_in(text)
+        if not reason:
+            return None
+        arguments["reason"] = reason
+        changes.append(f'I noted "{reason}" as the reason')
+    elif outcome.name in ("update_shipping_address", "create_order"):
+        address = s.address_in(text) or s.answered_address(text)
+        name = s.name_in(text) if outcome.name == "create_order" else None
+        if address:
+            arguments["shipping_address"] = address
+            changes.append(f"I changed the shipping address to {address}")
+        if name:
+            arguments["customer_name"] = name
+            changes.append(f"I changed the name to {name}")
+        if not changes:
+            return None
+    else:
+        return None
+    return outcome.name, arguments, changes

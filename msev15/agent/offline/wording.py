@@ -1,145 +1,17 @@
-"""What the offline model says: questions, refusals, small talk and answers worded from tool results."""
+"""The answers the offline model words from tool results, whatever their shape."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from msev15.agent.approvals import DECLINED
-from msev15.agent.offline.intents import Understanding
+from msev15.agent.offline.phrases import KNOWLEDGE_TOOLS, ORDER_TOOLS, Blank, capabilities, verb
+from msev15.agent.offline.reading import ToolOutcome
 
 log = logging.getLogger(__name__)
-
-NOTE = (
-    "(Note: I am the built-in offline assistant, because no AI model is configured; "
-    "I understand the common requests only.)\n\n"
-)
-ORDER_TOOLS = frozenset(
-    {"get_order", "find_customer_orders", "cancel_order", "update_shipping_address", "request_return"}
-)
-CATALOG_TOOLS = frozenset({"search_products", "get_product"})
-KNOWLEDGE_TOOLS = CATALOG_TOOLS | {"get_policy", "search_faq"}
-
-# What each tool does, for prefaces, questions and refusals ("I couldn't <verb>: <reason>").
-_VERBS: dict[str, str] = {
-    "get_order": "look up order {order_id}",
-    "find_customer_orders": "look up the orders of {customer_email}",
-    "cancel_order": "cancel order {order_id}",
-    "update_shipping_address": "change the shipping address of order {order_id}",
-    "request_return": "request a return for order {order_id}",
-    "send_order_confirmation": "send the confirmation of order {order_id}",
-    "search_products": "search the product catalog",
-    "get_product": "look up product {sku}",
-    "get_policy": "read our {topic} policy",
-    "search_faq": "search our FAQ",
-}
-_PREFACES: dict[str, str] = {
-    "get_order": "Let me look up order {order_id}.",
-    "find_customer_orders": "Let me look up the orders for {customer_email}.",
-    "cancel_order": "I'll cancel order {order_id} (reason: {reason}).",
-    "update_shipping_address": "I'll change the shipping address of order {order_id} to {shipping_address}.",
-    "request_return": "I'll request a return for order {order_id} (reason: {reason}).",
-    "send_order_confirmation": "I'll email the confirmation of order {order_id} to {customer_email}.",
-    "search_products": 'Let me search our catalog for "{query}".',
-    "get_product": "Let me look up product {sku}.",
-    "get_policy": "Let me fetch our {topic} policy.",
-    "search_faq": "Let me check our FAQ.",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ToolOutcome:
-    """A tool result of the current turn, with the call that produced it."""
-
-    name: str
-    arguments: dict[str, Any]
-    ok: bool
-    data: Any
-    error: str
-
-
-class _Blank(dict[str, Any]):
-    """format_map that leaves an unknown placeholder as a neutral word instead of raising."""
-
-    def __missing__(self, key: str) -> str:
-        return {"order_id": "your order", "customer_email": "your email address"}.get(key, "that")
-
-
-# Replies without a tool -------------------------------------------------------------------
-
-
-def _capabilities(available: set[str]) -> str:
-    lines = [
-        "I can help you with:",
-        '- the status of an order ("Where is my order ORD-1001? I\'m you@example.com")',
-        "- a list of your orders",
-        "- cancelling an order, changing its shipping address or requesting a return",
-        "- emailing you an order confirmation",
-        "- our products, and our returns, shipping, warranty and privacy policies",
-    ]
-    if not available & ORDER_TOOLS:
-        lines.append("(The order system is unavailable right now.)")
-    if not available & KNOWLEDGE_TOOLS:
-        lines.append("(The product catalog and our policies are unavailable right now.)")
-    return "\n".join(lines)
-
-
-_SMALL_TALK: dict[str, Callable[[set[str]], str]] = {
-    "help": lambda available: "Sure. " + _capabilities(available),
-    "greeting": lambda available: "Hello! " + _capabilities(available),
-    "thanks": lambda available: "You're welcome! Is there anything else I can help you with?",
-    "unknown": lambda available: "I'm sorry, I didn't understand that. " + _capabilities(available),
-}
-
-
-def small_talk(kind: str, available: set[str]) -> str:
-    """Replies that need no tool: help, greeting, thanks, and what it can do when it did not understand."""
-    return _SMALL_TALK.get(kind, _SMALL_TALK["unknown"])(available)
-
-
-def preface(tool: str, arguments: dict[str, Any]) -> str:
-    """What it says before calling a tool, so the customer sees what it is about to do."""
-    return _PREFACES[tool].format_map(_Blank(arguments))
-
-
-def unavailable(tool: str) -> str:
-    """Plain words for a tool that is not offered right now (the MCP server or a service is down)."""
-    if tool in CATALOG_TOOLS:
-        what = "The product catalog is"
-    elif tool == "get_policy":
-        what = "Our shop policies are"
-    elif tool == "search_faq":
-        what = "Our FAQ is"
-    elif tool in ORDER_TOOLS:
-        what = "Our order system is"
-    else:
-        what = "Sending emails is"
-    return f"{what} unavailable right now, so I can't help with that at the moment. Please try again later."
-
-
-def ask(tool: str, found: Understanding) -> str:
-    """Ask for what the tool still needs, naming what is already known."""
-    missing, slots = set(found.missing), found.slots
-    verb = _VERBS[tool].format_map(_Blank({"order_id": slots.get("order_id", "your order")}))
-    if {"order_id", "email"} <= missing:
-        return (
-            f"Sure, I can {verb.replace(' your order', ' an order')}. Please give me the order number "
-            "(like ORD-1001) and the email address you used for the order."
-        )
-    if "order_id" in missing:
-        return f"Which order do you mean? Please give me the order number (like ORD-1001) so I can {verb}."
-    if "email" in missing:
-        if tool == "find_customer_orders":
-            return "Please give me the email address you use with our shop, and I'll look up your orders."
-        return f"To {verb} I need the email address you used for the order, for security. What is it?"
-    if "address" in missing:
-        return f"What is the new shipping address for order {slots.get('order_id', 'your order')}?"
-    if "topic" in missing:
-        return "Which policy would you like to know about: returns, shipping, warranty or privacy?"
-    return "Could you tell me a little more about what you are looking for?"
 
 
 # Wording tool results -------------------------------------------------------------------
@@ -147,28 +19,22 @@ def ask(tool: str, found: Understanding) -> str:
 
 def word_outcome(outcome: ToolOutcome) -> str:
     """A plain answer from one tool result, whatever its shape."""
-    verb = _VERBS.get(outcome.name, "do that").format_map(_Blank(outcome.arguments))
+    doing = verb(outcome.name, outcome.arguments)
     if not outcome.ok:
         if outcome.error.strip() == DECLINED:
-            return f"Understood: I did not {verb}. Nothing was changed."
+            return f"Understood: I did not {doing}. Nothing was changed."
         hint = ""
         if outcome.name in ORDER_TOOLS | {"send_order_confirmation"} and re.search(
             r"not (?:be )?f(?:ou|i)nd|no such order|there is no order", outcome.error, re.I
         ):
             hint = " Please check the order number and the email address you used for the order."
-        return f"I couldn't {verb}: {_sentence(outcome.error)}{hint}"
+        return f"I couldn't {doing}: {_sentence(outcome.error)}{hint}"
     wording = _WORDING.get(outcome.name, _word_generic)
     try:
         return wording(outcome.arguments, outcome.data)
     except Exception:  # an unexpected result shape: fall back to listing what came back
         log.warning("unexpected %s result shape; worded generically", outcome.name, exc_info=True)
         return _word_generic(outcome.arguments, outcome.data)
-
-
-def not_confirmed(outcome: ToolOutcome) -> str:
-    """For an action the customer moved on from without confirming (a new message declines it)."""
-    verb = _VERBS.get(outcome.name, "do that").format_map(_Blank(outcome.arguments))
-    return f"(I did not {verb}, as it was not confirmed.)"
 
 
 _STATUS_TEXT = {
@@ -228,7 +94,7 @@ def _word_change(done: str, expected: str | None) -> Callable[[dict[str, Any], A
 
     def word(arguments: dict[str, Any], data: Any) -> str:
         order = _record(data, "order")
-        values = _Blank({**arguments, **{k: _plain(v) for k, v in order.items() if _plain(v)}})
+        values = Blank({**arguments, **{k: _plain(v) for k, v in order.items() if _plain(v)}})
         text = done.format_map(values)
         status = str(_first(order, "status") or "")
         if status and status != expected:
@@ -254,19 +120,95 @@ def _word_confirmation(arguments: dict[str, Any], data: Any) -> str:
 
 def _word_products(arguments: dict[str, Any], data: Any) -> str:
     products = _records(data, "products", "results", "items")
-    query = _first(_record(data), "query") or arguments.get("query") or arguments.get("sku") or "that"
+    found = _record(data)
+    query = _first(found, "query") or arguments.get("query") or arguments.get("sku") or "that"
+    cap = _first(found, "max_price") or arguments.get("max_price")
+    within = f" at or under ${float(cap):.2f}" if cap is not None and _number(cap) else ""
     if not products:
-        return f'I couldn\'t find any products matching "{query}". Try other words, or ask about a category.'
-    lines = [f'Here is what I found for "{query}":']
-    lines += [f"- {_product_line(p)}" for p in products[:8]]
+        tip = "Try other words, or ask about a category."
+        return f'I couldn\'t find any products matching "{query}"{within}. {tip}'
+    order = _first(found, "sorted_by") or arguments.get("sort")
+    if order in ("price_low_to_high", "price_high_to_low"):
+        which = "cheapest" if order == "price_low_to_high" else "most expensive"
+        lines = [f'The {which} match for "{query}"{within} is {product_line(products[0])}.']
+        if len(products) > 1:
+            lines += ["Other matches:", *(f"- {product_line(p)}" for p in products[1:8])]
+        return "\n".join(lines)
+    lines = [f'Here is what I found for "{query}"{within}:']
+    lines += [f"- {product_line(p)}" for p in products[:8]]
     return "\n".join(lines)
+
+
+def _word_created(arguments: dict[str, Any], data: Any) -> str:
+    order = _record(data, "order")
+    order_id = _first(order, "order_id", "id") or "your new order"
+    items = _records(order, "items", "lines")
+    listed = "; ".join(_item(i) for i in items[:20]) or "your items"
+    text = f"Done: I placed order {order_id}: {listed}."
+    total = _plain(_first(order, "total", "total_price"))
+    if total:
+        text += f" Total: {total}."
+    address = _first(order, "shipping_address", "address")
+    if address:
+        text += f" It will be shipped to {_plain(address)}."
+    status = str(_first(order, "status") or "").lower()
+    if status:
+        text += f" Order {order_id} " + (_STATUS_TEXT.get(status) or f"has the status {status}") + "."
+    return text
+
+
+def word_arrival(order: dict[str, Any], policy: dict[str, Any] | None) -> str:
+    """When an order will arrive: its status, then the delivery times of the shipping policy."""
+    order_id = _first(order, "order_id", "id") or "your order"
+    status = str(_first(order, "status") or "").lower()
+    times = _delivery_times(policy)
+    if status in ("pending", "processing"):
+        text = f"Order {order_id} {_STATUS_TEXT[status]}, so it has not shipped yet."
+        if times:
+            text += f" Orders leave our warehouse within 1 business day, then {times}."
+            text += " You will get a tracking link by email as soon as it ships."
+    elif status == "shipped":
+        text = f"Order {order_id} has shipped and is on its way to you."
+        if times:
+            text += f" From shipping, {times}, so it should reach you within that time."
+    elif status in ("delivered", "return_requested"):
+        text = f"Order {order_id} was already delivered"
+        text += ", and a return has been requested for it." if status == "return_requested" else "."
+        text += " If you cannot find it, please check with your neighbours or the carrier."
+    elif status in ("cancelled", "canceled"):
+        return f"Order {order_id} is cancelled, so it will not be delivered."
+    else:
+        return f"Order {order_id} has the status {status or 'unknown'}; I can't tell when it will arrive."
+    if policy is None and status in ("pending", "processing", "shipped"):
+        text += " (I can't read our shipping policy right now, so I can't give you delivery times.)"
+    return text
+
+
+_DAYS = re.compile(r"\b(standard|express|international)\b[^.;]*?(\d+)\s*-\s*(\d+)\s+business days", re.I)
+
+
+def _delivery_times(policy: dict[str, Any] | None) -> str:
+    """ "standard delivery takes 3-5 business days (express: 1-2 business days)", from the policy's text."""
+    if not policy:
+        return ""
+    record = _record(policy, "policy")
+    lines = [str(x) for x in record.get("details") or [] if isinstance(x, str)]
+    found: dict[str, str] = {}
+    for line in [str(record.get("summary") or ""), *lines]:
+        for kind, low, high in _DAYS.findall(line):
+            found.setdefault(kind.lower(), f"{low}-{high} business days")
+    if "standard" not in found:
+        return str(record.get("summary") or "").rstrip(".").lower()
+    text = f"standard delivery takes {found['standard']}"
+    others = [f"{kind}: {days}" for kind, days in found.items() if kind != "standard"]
+    return text + (f" ({'; '.join(others)})" if others else "")
 
 
 def _word_product(arguments: dict[str, Any], data: Any) -> str:
     product = _record(data, "product")
     if not product:
         return _word_generic(arguments, data)
-    text = _product_line(product)
+    text = product_line(product)
     description = _first(product, "description")
     return f"{text}\n{description}" if description else text
 
@@ -288,7 +230,7 @@ def _word_policy(arguments: dict[str, Any], data: Any) -> str:
 def _word_faq(arguments: dict[str, Any], data: Any) -> str:
     entries = _records(data, "results", "entries", "faq")
     if not entries:
-        return "I couldn't find an answer to that in our FAQ. " + _capabilities(
+        return "I couldn't find an answer to that in our FAQ. " + capabilities(
             set(KNOWLEDGE_TOOLS | ORDER_TOOLS)
         )
     best = entries[0]
@@ -321,6 +263,7 @@ _WORDING: dict[str, Callable[[dict[str, Any], Any], str]] = {
     ),
     "send_order_confirmation": _word_confirmation,
     "search_products": _word_products,
+    "create_order": _word_created,
     "get_product": _word_product,
     "get_policy": _word_policy,
     "search_faq": _word_faq,
@@ -365,7 +308,7 @@ def _item(item: dict[str, Any]) -> str:
     return f"{text}, {price}" if price else text
 
 
-def _product_line(product: dict[str, Any]) -> str:
+def product_line(product: dict[str, Any]) -> str:
     text = str(_first(product, "name") or _first(product, "sku") or "product")
     if _first(product, "sku") and _first(product, "name"):
         text += f" ({product['sku']})"
@@ -381,6 +324,15 @@ def _product_line(product: dict[str, Any]) -> str:
     return text
 
 
+def product_label(product: dict[str, Any]) -> str:
+    """ "Wireless Mouse (MSE-WL500, $29.99 each)", or just the sku when nothing more is known."""
+    name, sku, price = _first(product, "name"), _first(product, "sku"), _price(product)
+    if not name:
+        return str(sku or "the product")
+    details = ", ".join(str(x) for x in (sku, f"{price} each" if price else None) if x)
+    return f"{name} ({details})" if details else str(name)
+
+
 def _price(product: dict[str, Any]) -> str:
     price = _first(product, "price", "unit_price")
     if price is None and isinstance(product.get("price_cents"), int):
@@ -393,6 +345,13 @@ def _price(product: dict[str, Any]) -> str:
     if text[:1].isdigit():
         return f"{symbol}{text}" if symbol else f"{text} {currency}".strip()
     return text
+
+
+def _number(value: Any) -> bool:
+    try:
+        return value is not None and float(value) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _plain(value: Any) -> str:
