@@ -36,5 +36,5 @@ async def index() -> str:
 @routes.get("/docs")
 @hide
 async def docs() -> str:
-    """A readable page for the OpenAPI document, served locally (no CDN)."""
+    """Swagger UI on /openapi.json from vendored files (static/vendor/swagger-ui), no CDN, no inline JS."""
     return await render_template("docs.html", version=VERSION)
