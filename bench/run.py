@@ -186,7 +186,7 @@ class Bench:
         ab_only: bool = False,
         workers: int = 1,
         stores: bool = False,
-        redis_pools: tuple[int, ...] = (),
+        redis_pools: tuple[str, ...] = (),
         stores_only: bool = False,
     ) -> None:
         self.size = size
@@ -951,7 +951,13 @@ def main() -> int:
     parser.add_argument(
         "--redis-pools",
         default="",
-        help="with --stores: comma-separated REDIS_MAX_CONNECTIONS values to compare (e.g. 16,32,64,128)",
+        help="with --stores: comma-separated REDIS_MAX_CONNECTIONS values to compare (e.g. 16,32,64,128); "
+        "fifo:N puts that pool behind a fair gate (bench/redis_pool.py)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="run in a new folder under this one and leave it there: every process's log and database",
     )
     parser.add_argument("--probe-sessions", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--probe-buffer", type=int, help=argparse.SUPPRESS)
@@ -969,7 +975,9 @@ def main() -> int:
     size = QUICK if args.quick else FULL
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2 and os.cpu_count() is not None
     pin = pin and args.workers == 1  # more workers than one: every process may use every core
-    pools = tuple(int(x) for x in args.redis_pools.split(",") if x.strip())
+    pools = tuple(x.strip() for x in args.redis_pools.split(",") if x.strip())
+    if any(not x.removeprefix("fifo:").isdigit() for x in pools):
+        parser.error("--redis-pools takes N or fifo:N values, e.g. 32,64,fifo:64")
     load_before = load_average()
     with contextlib.suppress(ValueError, OSError):
         import resource
@@ -982,7 +990,14 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _term)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="msev15-bench-") as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        kept = tempfile.mkdtemp(prefix="msev15-bench-", dir=args.keep)
+        say(f"logs and databases stay in {kept}")
+    workdir = (
+        contextlib.nullcontext(kept) if args.keep else tempfile.TemporaryDirectory(prefix="msev15-bench-")
+    )
+    with workdir as tmp:
         transports = tuple(t for t in args.model_transports.split(",") if t)
         bench = Bench(
             size,

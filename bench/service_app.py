@@ -5,7 +5,9 @@ neither switch.
 - `BENCH_MODEL_TRANSPORT`: the model client's HTTP transport (bench/model_transports.py);
 - `BENCH_TURN_BUFFER=redis`: the turn buffer in Redis Streams at `REDIS_URL` whatever the session
   store, so the Redis buffer can be measured against the in-process one with the same (memory)
-  session store.
+  session store;
+- `BENCH_REDIS_POOL=fifo`: the Redis client's pool behind a first-come-first-served gate
+  (bench/redis_pool.py), against redis-py's `BlockingConnectionPool`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ if os.environ.get("BENCH_TURN_BUFFER") == "redis":
         return RedisTurnBuffer(connect(url, pool, wait), reader_client(url), keep_seconds)
 
     _services.MemoryTurnBuffer = _redis_buffer  # type: ignore[misc,assignment]  # read when the app starts
+
+if os.environ.get("BENCH_REDIS_POOL") == "fifo":
+    from bench import redis_pool
+
+    redis_pool.install()
 
 from app import app  # noqa: E402 - after the swaps, which the app reads when it starts
 

@@ -164,17 +164,22 @@ class StoresBench:
             env["REDIS_MAX_CONNECTIONS"] = str(pool)
         if buffer == "redis":
             env["BENCH_TURN_BUFFER"] = "redis"
+        if buffer == "fifo":
+            env["BENCH_REDIS_POOL"] = "fifo"
         return tag, env
 
     def start_services(self, specs: list[tuple[str, str, int, int | None, str | None]]) -> list[Service]:
-        """(label, store, workers, pool, buffer) each as two services: zero-latency and 50 ms model."""
+        """(label, store, workers, pool, swap) each as two services: zero-latency and 50 ms model.
+
+        `swap`: None (the service as it is), "redis" (the turn buffer in Redis whatever the store) or
+        "fifo" (the Redis pool behind a fair gate), both through bench.service_app."""
         out = []
         for label, store, workers, pool, buffer in specs:
             procs = []
             for model in (self.model_fast, self.model_slow):
                 tag, env = self._env(store, model, pool, buffer)
                 port = free_port()
-                target = "bench.service_app:app" if buffer == "redis" else "app:app"
+                target = "bench.service_app:app" if buffer else "app:app"
                 cpu = SERVER_CPU if workers == 1 else None
                 procs.append(
                     self.fleet.start(
@@ -252,7 +257,7 @@ class StoresBench:
 
     # the sections
 
-    async def run(self, pools: tuple[int, ...]) -> None:
+    async def run(self, pools: tuple[str, ...]) -> None:
         self.redis = self.start_redis()
         try:
             store_rows: list[list[str]] = []
@@ -478,10 +483,13 @@ class StoresBench:
             ]
         )
 
-    async def pool_sweep(self, pools: tuple[int, ...]) -> str:
+    async def pool_sweep(self, pools: tuple[str, ...]) -> str:
+        """`pools`: REDIS_MAX_CONNECTIONS values, each N (redis-py's BlockingConnectionPool, as the
+        service has it) or fifo:N (bench/redis_pool.py's fair gate in front of a plain pool)."""
         s = self.size
         specs: list[tuple[str, str, int, int | None, str | None]] = [
-            (f"pool {n}", "redis", 1, n, None) for n in pools
+            (f"pool {n}", "redis", 1, int(n.removeprefix("fifo:")), "fifo" if n.startswith("fifo:") else None)
+            for n in pools
         ]
         say(f"  Redis pool sweep: starting {2 * len(specs)} services ...")
         services = self.start_services(specs)
