@@ -128,7 +128,8 @@ async def test_server_absent_at_start_then_started(
     tmp_path: Path, shop_db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = free_port()
-    settings = make_settings(tmp_path, mcp_server_url=f"http://127.0.0.1:{port}/mcp")
+    # Uncached readiness: this test follows MCP's state as it changes, not the probe cache.
+    settings = make_settings(tmp_path, mcp_server_url=f"http://127.0.0.1:{port}/mcp", health_cache_seconds=0)
     async with running_app(settings) as app:
         assert any("unavailable" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
         client = app.test_client()
