@@ -27,9 +27,9 @@ from msev15.web.errors import BadRequest, FieldError, validation_details
 ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=ID_PATTERN)]
 
+
 TurnId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 Position = Annotated[str, StringConstraints(max_length=80, pattern=r"^[A-Za-z0-9_-]{8,64}:[0-9]{1,9}$")]
-
 
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 
@@ -216,6 +216,18 @@ class TokenOut(BaseModel):
     expires_at: str
 
 
+class StreamQuery(ScopeQuery):
+    """Where to resume: `<turn_id>:<seq>` (the header Last-Event-ID wins when both are given)."""
+
+    after: Position | None = None
+
+
+class Stopped(BaseModel):
+    stopped: bool
+    session_id: str
+    turn_id: str | None
+
+
 class AuditQuery(ScopeQuery):
     session_id: Identifier | None = None
     limit: int = Field(50, ge=1, le=200)
@@ -229,19 +241,6 @@ class AuditEvent(BaseModel):
     tool: str
     arguments: dict[str, Any]
     ok: bool | None
-
-
-class StreamQuery(ScopeQuery):
-    """Where to resume: `<turn_id>:<seq>` (the header Last-Event-ID wins when both are given)."""
-
-    after: Position | None = None
-
-
-class Stopped(BaseModel):
-    stopped: bool
-    session_id: str
-    turn_id: str | None
-
     error: str | None = None
     duration_ms: float | None = None
     decision: str | None = None
