@@ -188,7 +188,9 @@ class Bench:
         stores: bool = False,
         redis_pools: tuple[str, ...] = (),
         stores_only: bool = False,
+        store_workers: tuple[int, ...] | None = None,
     ) -> None:
+        self.store_workers = store_workers
         self.size = size
         self.workers = workers
         self.stores = stores or stores_only
@@ -674,7 +676,7 @@ class Bench:
         from bench.stores import StoresBench
 
         part = StoresBench(self.size, self.fleet, self.pin, self.workdir, self.model_fast, self.model_slow)
-        await part.run(self.redis_pools)  # the main services stay up, idle
+        await part.run(self.redis_pools, self.store_workers)  # the main services stay up, idle
         self.report.sections += part.sections
 
     async def warm_up(self) -> None:
@@ -949,6 +951,11 @@ def main() -> int:
         help="only the --stores section (and --redis-pools): to repeat it in quiet moments",
     )
     parser.add_argument(
+        "--store-workers",
+        help="with --stores: the worker counts of the stores table (default 1,2; empty: none, e.g. "
+        "to repeat only --redis-pools)",
+    )
+    parser.add_argument(
         "--redis-pools",
         default="",
         help="with --stores: comma-separated REDIS_MAX_CONNECTIONS values to compare (e.g. 16,32,64,128); "
@@ -1009,6 +1016,7 @@ def main() -> int:
             args.stores,
             pools,
             args.stores_only,
+            None if args.store_workers is None else tuple(int(x) for x in args.store_workers.split(",") if x),
         )
         try:
             if pin:

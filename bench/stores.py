@@ -257,13 +257,14 @@ class StoresBench:
 
     # the sections
 
-    async def run(self, pools: tuple[str, ...]) -> None:
+    async def run(self, pools: tuple[str, ...], worker_counts: tuple[int, ...] | None = None) -> None:
+        """The stores at each of `worker_counts` (default: the size's), then the pool comparison."""
         self.redis = self.start_redis()
         try:
             store_rows: list[list[str]] = []
             figures: dict[tuple[str, int], tuple[Turns, loadgen.StreamPhase]] = {}
             buffer_section = ""
-            for workers in self.size.store_workers:
+            for workers in self.size.store_workers if worker_counts is None else worker_counts:
                 spread = workers > 1
                 if spread:  # nothing pinned: every process may use every core
                     set_affinity([self.model_fast, self.model_slow, self.redis], None, self.pin)
@@ -277,7 +278,8 @@ class StoresBench:
                     if spread:
                         set_affinity([self.model_fast, self.model_slow, self.redis], CLIENT_CPU, self.pin)
                 redis_command(self.redis.port, "FLUSHALL")
-            self.sections.append(self.stores_section(store_rows, figures))
+            if store_rows:
+                self.sections.append(self.stores_section(store_rows, figures))
             if buffer_section:
                 self.sections.append(buffer_section)
             if pools:
