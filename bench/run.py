@@ -551,6 +551,12 @@ class Bench:
             await self.settle()
         svc_pct, bare_pct = statistics.median(svc_cpu), statistics.median(bare_cpu)
         self.report.cpu.append(f"SSE saturation: service {f0(svc_pct)}%, bare {f0(bare_pct)}%")
+        if self.workers == 1 and self.size is FULL and min(svc_pct, bare_pct) < 90:
+            self.report.notes.append(
+                f"**disturbed run**: at saturation the servers got only {f0(min(svc_pct, bare_pct))}% of "
+                "their core (about 100% on a quiet machine): other work took CPU 0, so latencies and "
+                "ratios of this run measure the machine's load as much as the service"
+            )
         bare_rate, tok_rate = b_events / b_s, tokens / secs
         share = tok_rate / bare_rate if bare_rate else float("nan")
         self.report.add(
