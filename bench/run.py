@@ -191,6 +191,7 @@ class Bench:
         store_workers: tuple[int, ...] | None = None,
     ) -> None:
         self.store_workers = store_workers
+        self.sqlite_pk = False
         self.size = size
         self.workers = workers
         self.stores = stores or stores_only
@@ -682,6 +683,7 @@ class Bench:
         from bench.stores import StoresBench
 
         part = StoresBench(self.size, self.fleet, self.pin, self.workdir, self.model_fast, self.model_slow)
+        part.sqlite_pk = self.sqlite_pk
         await part.run(self.redis_pools, self.store_workers)  # the main services stay up, idle
         self.report.sections += part.sections
 
@@ -972,6 +974,12 @@ def main() -> int:
         type=Path,
         help="run in a new folder under this one and leave it there: every process's log and database",
     )
+    parser.add_argument(
+        "--sqlite-pk",
+        action="store_true",
+        help="with --stores: also SQLite without its per-new-session counts (BENCH_SQLITE_ROOM=pk), "
+        "to price them",
+    )
     parser.add_argument("--probe-sessions", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--probe-buffer", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--events", type=Path, help=argparse.SUPPRESS)
@@ -1024,6 +1032,7 @@ def main() -> int:
             args.stores_only,
             None if args.store_workers is None else tuple(int(x) for x in args.store_workers.split(",") if x),
         )
+        bench.sqlite_pk = args.sqlite_pk
         try:
             if pin:
                 os.sched_setaffinity(0, {CLIENT_CPU})

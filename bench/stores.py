@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 STORES = ("memory", "sqlite", "redis")
 REDIS_BUFFER = "memory + Redis buffer"  # the memory store with the turn buffer in Redis (bench.service_app)
+SQLITE_PK = "sqlite, no session counts"  # BENCH_SQLITE_ROOM=pk through bench.service_app
 
 
 @dataclass
@@ -116,6 +117,7 @@ class StoresBench:
         self.redis: Proc | None = None
         self.redis_db = itertools.count()  # a database per service: each has its own keys and cap
         self._tags = itertools.count()
+        self.sqlite_pk = False  # also a SQLite service without the per-new-session counts (a bench swap)
 
     # processes
 
@@ -166,13 +168,16 @@ class StoresBench:
             env["BENCH_TURN_BUFFER"] = "redis"
         if buffer == "fifo":
             env["BENCH_REDIS_POOL"] = "fifo"
+        if buffer == "sqlite-pk":
+            env["BENCH_SQLITE_ROOM"] = "pk"
         return tag, env
 
     def start_services(self, specs: list[tuple[str, str, int, int | None, str | None]]) -> list[Service]:
         """(label, store, workers, pool, swap) each as two services: zero-latency and 50 ms model.
 
-        `swap`: None (the service as it is), "redis" (the turn buffer in Redis whatever the store) or
-        "fifo" (the Redis pool behind a fair gate), both through bench.service_app."""
+        `swap`: None (the service as it is), "redis" (the turn buffer in Redis whatever the store),
+        "fifo" (the Redis pool behind a fair gate) or "sqlite-pk" (SQLite without the per-new-session
+        counts), all through bench.service_app."""
         out = []
         for label, store, workers, pool, buffer in specs:
             procs = []
@@ -298,12 +303,14 @@ class StoresBench:
         with_buffers = workers == 1
         if with_buffers:
             specs.append((REDIS_BUFFER, "memory", 1, None, "redis"))
+        if self.sqlite_pk:
+            specs.append((SQLITE_PK, "sqlite", workers, None, "sqlite-pk"))
         say(f"  stores, {workers} worker(s): starting {2 * len(specs)} services ...")
         services = self.start_services(specs)
         try:
             await self.warm_up(services)
             by_label = {svc.label: svc for svc in services}
-            stores_only = [by_label[x] for x in STORES]
+            stores_only = [by_label[x] for x in STORES] + ([by_label[SQLITE_PK]] if self.sqlite_pk else [])
             turns = await self.turns(stores_only)
             bursts = {}
             for svc in stores_only:
