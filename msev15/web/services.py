@@ -87,12 +87,18 @@ class Services:
         return task
 
     async def close(self) -> None:
-        """Running turns finish and are stored first (bounded), then everything closes in reverse."""
-        await self.runner.drain(min(self.settings.turn_timeout_seconds, 30.0))
-        for task in list(self.background):
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
-        await self.stack.aclose()
+        """Running turns finish and are stored first (bounded), then everything closes in reverse.
+
+        The closing happens even when the drain is cut short (the server's own shutdown timeout
+        cancels it): a connection left open keeps its thread, and the process, alive.
+        """
+        try:
+            await self.runner.drain(min(self.settings.turn_timeout_seconds, 30.0))
+        finally:
+            for task in list(self.background):
+                task.cancel()
+            await asyncio.gather(*self.background, return_exceptions=True)
+            await self.stack.aclose()
 
 
 def services() -> Services:
@@ -142,7 +148,10 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
         buffer: TurnBuffer = MemoryTurnBuffer(settings.resume_buffer_seconds)
         if isinstance(sessions, RedisSessionStore):  # any instance can serve a resume
             buffer = RedisTurnBuffer(
-                sessions.client, reader_client(settings.redis_url), settings.resume_buffer_seconds
+                sessions.client,
+                reader_client(settings.redis_url),
+                settings.resume_buffer_seconds,
+                retry_window=sessions.retry_window,
             )
         stack.push_async_callback(buffer.close)
         runner = TurnRunner(agent, buffer)
