@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -146,12 +146,15 @@ class Agent:
                 raise SessionOwnedElsewhere(turn.session_id)
         return session
 
-    async def run(self, turn: Turn, ready: Callable[[], None] | None = None) -> AsyncIterator[Event]:
+    async def run(
+        self, turn: Turn, ready: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[Event]:
         """One turn as events, ending with exactly one `done` or `error`.
 
-        Until `ready` is called (the session's lock is held and the session is readable and the
+        Until `ready` is awaited (the session's lock is held and the session is readable and the
         caller's) failures raise TurnRefused instead: a transport can still answer with a plain
-        error status, since nothing has been streamed.
+        error status, since nothing has been streamed. `ready` may itself refuse the turn by
+        raising TurnRefused; the turn then ends before it did anything.
         """
         final: DoneEvent | ErrorEvent | None = None
         async with contextlib.aclosing(self._run(turn, ready)) as events:
@@ -197,11 +200,13 @@ class Agent:
             metadata,
         )
 
-    async def _run(self, turn: Turn, ready: Callable[[], None] | None) -> AsyncGenerator[Event, None]:
+    async def _run(
+        self, turn: Turn, ready: Callable[[], Awaitable[None]] | None
+    ) -> AsyncGenerator[Event, None]:
         async with contextlib.AsyncExitStack() as stack:
             cx = await self._open(turn, stack)
             if ready is not None:
-                ready()
+                await ready()
             stored = False
             try:
                 async with asyncio.timeout(self.limits.turn_timeout):

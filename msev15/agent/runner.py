@@ -65,25 +65,33 @@ class TurnRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await run.agent_task
             raise
-        # Under way: events queue up while the buffer opens; the publisher numbers and stores them.
-        owner = turn.principal.user_id if turn.principal is not None else None
-        await asyncio.shield(self._publish_soon(run, queue, owner))
+        turn_key = (turn.tenant_id, turn.session_id)
+        self._running[run.turn_id] = run
+        self._by_session[turn_key] = run.turn_id
+        run.publisher = asyncio.create_task(self._publish(run, queue), name="turn-publisher")
         return run.turn_id
 
-    async def _publish_soon(self, run: _Running, queue: asyncio.Queue[Any], owner: str | None) -> None:
+    async def _open(self, run: _Running) -> None:
+        """The buffer opens while the agent holds the session and before it does anything: a turn
+        with nowhere to put its events is refused, and so changes nothing."""
         turn = run.turn
-        await self.buffer.open(TurnInfo(run.turn_id, turn.tenant_id, turn.session_id, owner, time.time()))
-        self._running[run.turn_id] = run
-        self._by_session[(turn.tenant_id, turn.session_id)] = run.turn_id
-        run.publisher = asyncio.create_task(self._publish(run, queue), name="turn-publisher")
+        owner = turn.principal.user_id if turn.principal is not None else None
+        try:
+            await self.buffer.open(TurnInfo(run.turn_id, turn.tenant_id, turn.session_id, owner, time.time()))
+        except Exception as exc:
+            log.warning("turn %s refused: its buffer could not be opened: %s", run.turn_id, exc)
+            raise TurnRefused(
+                "unavailable", "the turn buffer is unavailable; try again", retry_after=1
+            ) from None
 
     async def _produce(self, run: _Running, queue: asyncio.Queue[Any], ready: asyncio.Future[None]) -> None:
-        def mark_ready() -> None:
+        async def opened() -> None:
+            await self._open(run)
             if not ready.done():
                 ready.set_result(None)
 
         try:
-            async for event in self.agent.run(run.turn, mark_ready):
+            async for event in self.agent.run(run.turn, opened):
                 queue.put_nowait(event)
         except TurnRefused as exc:
             if not ready.done():
@@ -94,11 +102,16 @@ class TurnRunner:
             if not ready.done():
                 raise
             queue.put_nowait(_STOPPED)
-        except Exception:  # the agent turns its own failures into events; this is a last resort
+        except Exception as exc:  # the agent turns its own failures into events; this is a last resort
             log.exception("turn %s failed", run.turn_id)
+            if not ready.done():  # the caller answers 500 instead of waiting for ever
+                ready.set_exception(exc)
+                return
             queue.put_nowait(ErrorEvent("internal error", "internal_error"))
         finally:
-            if ready.done() and not ready.cancelled() and ready.exception() is None:
+            if not ready.done():
+                ready.set_exception(RuntimeError("the turn ended before it began"))
+            elif not ready.cancelled() and ready.exception() is None:
                 queue.put_nowait(_END)
 
     async def _publish(self, run: _Running, queue: asyncio.Queue[Any]) -> None:
@@ -122,7 +135,10 @@ class TurnRunner:
         except Exception:
             log.exception("turn %s could not be buffered", run.turn_id)
         finally:
-            await self.buffer.finish(run.turn_id)
+            try:
+                await self.buffer.finish(run.turn_id)
+            except Exception:  # its readers then stop at their idle bound, not at the end marker
+                log.exception("turn %s could not be marked finished", run.turn_id)
             self._running.pop(run.turn_id, None)
             key = (turn.tenant_id, turn.session_id)
             if self._by_session.get(key) == run.turn_id:

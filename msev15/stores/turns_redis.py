@@ -15,12 +15,14 @@ connection a turn needs.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
+from msev15.stores.sessions.redis import retrying
 from msev15.stores.turns import KEEPALIVE, TurnGone, TurnInfo
 
 _LIVE_TTL_MS = 3_600_000  # a running turn's keys outlive any turn timeout; finish() shortens it
@@ -34,7 +36,9 @@ class RedisTurnBuffer:
         keep_seconds: float = 300.0,
         max_events: int = 20_000,
         prefix: str = "msev15",
+        retry_window: float = 5.0,
     ) -> None:
+        self.retry_window = retry_window  # how long a write or read rides out a Redis blip
         self._writer = writer  # the session store's client (short commands only)
         self._reader = reader  # blocking reads: a connection each while it waits
         self.keep_seconds = keep_seconds
@@ -56,34 +60,60 @@ class RedisTurnBuffer:
         }
         if info.user_id is not None:
             fields["user_id"] = info.user_id
-        async with self._writer.pipeline(transaction=True) as pipe:
-            pipe.hset(meta, mapping=fields)  # type: ignore[arg-type]
-            pipe.pexpire(meta, _LIVE_TTL_MS)
-            pipe.set(self._latest(info.tenant_id, info.session_id), info.turn_id, px=_LIVE_TTL_MS)
-            await pipe.execute()
+
+        async def write() -> None:  # the same fields again: a repeat changes nothing
+            async with self._writer.pipeline(transaction=True) as pipe:
+                pipe.hset(meta, mapping=fields)  # type: ignore[arg-type]
+                pipe.pexpire(meta, _LIVE_TTL_MS)
+                pipe.set(self._latest(info.tenant_id, info.session_id), info.turn_id, px=_LIVE_TTL_MS)
+                await pipe.execute()
+
+        await retrying(write, self.retry_window)
 
     async def append(self, turn_id: str, seq: int, data: bytes) -> None:
-        await self._writer.xadd(
-            self._stream(turn_id), {"d": data}, id=f"{seq}-0", maxlen=self.max_events, approximate=True
-        )
+        """Retried through a blip: the entry id is the seq, so a repeat that already landed is refused
+        by Redis (an id not above the last) and changes nothing."""
+
+        async def add() -> None:
+            try:
+                await self._writer.xadd(
+                    self._stream(turn_id),
+                    {"d": data},
+                    id=f"{seq}-0",
+                    maxlen=self.max_events,
+                    approximate=True,
+                )
+            except ResponseError as exc:
+                if "equal or smaller" not in str(exc):
+                    raise
+
+        await retrying(add, self.retry_window)
 
     async def finish(self, turn_id: str) -> None:
         stream = self._stream(turn_id)
         keep = max(1, int(self.keep_seconds * 1000))
-        async with self._writer.pipeline(transaction=True) as pipe:
-            pipe.xadd(stream, {"end": "1"})
-            pipe.pexpire(stream, keep)
-            pipe.pexpire(stream + ":info", keep)
-            await pipe.execute()
+
+        async def end() -> None:  # a repeated end marker is harmless: readers stop at the first
+            async with self._writer.pipeline(transaction=True) as pipe:
+                pipe.xadd(stream, {"end": "1"})
+                pipe.pexpire(stream, keep)
+                pipe.pexpire(stream + ":info", keep)
+                await pipe.execute()
+
+        await retrying(end, self.retry_window)
 
     async def read(
         self, turn_id: str, after: int = 0, idle: float | None = None
     ) -> AsyncIterator[tuple[int, bytes] | None]:
         stream = self._stream(turn_id)
-        async with self._writer.pipeline(transaction=False) as pipe:
-            pipe.exists(stream + ":info")
-            pipe.xrange(stream, count=1)
-            known, first = await pipe.execute()
+
+        async def head() -> list[Any]:
+            async with self._writer.pipeline(transaction=False) as pipe:
+                pipe.exists(stream + ":info")
+                pipe.xrange(stream, count=1)
+                return await pipe.execute()
+
+        known, first = await retrying(head, self.retry_window)
         if not known:
             raise TurnGone(turn_id)  # unknown or expired
         if first and not _is_end(first[0][1]) and _seq(first[0][0]) > after + 1:
@@ -96,7 +126,9 @@ class RedisTurnBuffer:
         position = f"{after}-0"
         block = int((idle or 60.0) * 1000)
         while True:
-            found: Any = await self._reader.xread({stream: position}, block=block, count=500)
+            found: Any = await retrying(
+                partial(self._reader.xread, {stream: position}, block=block, count=500), self.retry_window
+            )
             if not found:
                 if idle is not None:
                     yield KEEPALIVE
@@ -109,7 +141,9 @@ class RedisTurnBuffer:
                 yield _seq(entry_id), _bytes(fields.get("d", fields.get(b"d", b"")))
 
     async def info(self, turn_id: str) -> TurnInfo | None:
-        raw = await self._writer.hgetall(self._stream(turn_id) + ":info")
+        raw = await retrying(
+            partial(self._writer.hgetall, self._stream(turn_id) + ":info"), self.retry_window
+        )
         if not raw:
             return None
         got = {_text(k): _text(v) for k, v in raw.items()}
@@ -117,7 +151,9 @@ class RedisTurnBuffer:
         return TurnInfo(turn_id, got["tenant_id"], got["session_id"], got.get("user_id"), started)
 
     async def latest(self, tenant_id: str, session_id: str) -> TurnInfo | None:
-        turn_id = await self._writer.get(self._latest(tenant_id, session_id))
+        turn_id = await retrying(
+            partial(self._writer.get, self._latest(tenant_id, session_id)), self.retry_window
+        )
         return await self.info(_text(turn_id)) if turn_id else None
 
     async def purge(self) -> int:

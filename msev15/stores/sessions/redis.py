@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -48,6 +48,7 @@ from msev15.stores.sessions.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _LIMIT = "MSEV15_SESSION_LIMIT"
 _NOT_OWNER = "MSEV15_NOT_OWNER"
@@ -343,19 +344,7 @@ class RedisSessionStore:
         )
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Run an idempotent write, again and again while Redis is briefly away (a restart, a
-        failover), for at most `retry_window` seconds: a turn in flight outlives a blip."""
-        deadline = time.monotonic() + self.retry_window
-        pause = 0.05
-        while True:
-            try:
-                with _unavailable():
-                    return await call()
-            except SessionStoreUnavailable:
-                if time.monotonic() + pause > deadline:
-                    raise
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.5)
+        return await retrying(call, self.retry_window)
 
     async def list(self, tenant_id: str, user: UserScope = ANY_USER) -> list[Session]:
         index = self._user_index(tenant_id, user) or f"{self._tenant(tenant_id)}:index"
@@ -445,6 +434,23 @@ def connect(url: str, max_connections: int = 64, pool_wait: float = 5.0) -> Redi
         retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), 2),
     )
     return Redis(connection_pool=pool)
+
+
+async def retrying(call: Callable[[], Awaitable[T]], window: float) -> T:
+    """Run an idempotent Redis call again and again while Redis is briefly away (a restart, a
+    failover), for at most `window` seconds: a turn in flight outlives a blip. Then it raises
+    SessionStoreUnavailable."""
+    deadline = time.monotonic() + window
+    pause = 0.05
+    while True:
+        try:
+            with _unavailable():
+                return await call()
+        except SessionStoreUnavailable:
+            if time.monotonic() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
 
 _RELEASE_PAUSES = (0.05, 0.2, 0.5)
