@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from msev15 import create_app
 from msev15.settings import Settings, load_settings
 from msev15.web.services import EXTENSION_KEY, Services
 from tests.openai_server import ScriptedOpenAI, running_openai_server
+from tests.postgres_server import PostgresServer
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -112,3 +113,15 @@ async def model_app(model_settings: Settings) -> AsyncIterator[Quart]:
 @pytest.fixture
 def model_client(model_app: Quart) -> TestClientProtocol:
     return model_app.test_client()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole session (initdb + pg_ctl, loopback only)."""
+    server = PostgresServer()
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
