@@ -4,6 +4,9 @@ Rendered with fpdf2 from the order alone, deterministically: the same order give
 (the PDF's dates come from the order, never from the clock), so a document can be checked,
 re-rendered and compared. fpdf2's built-in fonts cover Latin-1; other characters are written
 as their closest plain letter, or `?`.
+
+fpdf2 is imported on the first document, not with the module: it is a fifth of a worker's memory
+at start, and most workers never render a PDF.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fpdf import FPDF
-from fpdf.enums import XPos, YPos
+if TYPE_CHECKING:
+    from fpdf import FPDF
 
 _FONT = "helvetica"
-_LEFT, _DOWN = XPos.LMARGIN, YPos.NEXT  # after a cell: the next line, at the left margin
+_LEFT, _DOWN = "LMARGIN", "NEXT"  # after a cell: the next line, at the left margin (fpdf2 coerces)
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I: read aloud on the phone
 # Letters and marks outside Latin-1 that have no decomposition to a plain letter.
 _PLAIN = str.maketrans(
@@ -116,6 +119,8 @@ def return_label_pdf(order: dict[str, Any], code: str, shop_name: str, return_ad
 
 
 def _document(title: str, shop_name: str, stamp: datetime) -> FPDF:
+    from fpdf import FPDF  # noqa: PLC0415 - lazily, see the module's docstring
+
     pdf = FPDF(format="A4")
     pdf.set_creation_date(stamp)
     pdf.set_title(_text(title))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,9 +22,7 @@ from msev15.settings import Settings
 from msev15.stores.audit import AuditLog
 from msev15.stores.orders import OrderRepository
 from msev15.stores.sessions import SessionStore, open_session_store
-from msev15.stores.sessions.redis import RedisSessionStore
 from msev15.stores.turns import MemoryTurnBuffer, TurnBuffer
-from msev15.stores.turns_redis import RedisTurnBuffer, reader_client
 from msev15.tools.clock import builtin_tools
 from msev15.tools.mail import mail_tools
 from msev15.tools.mcp import McpToolProvider
@@ -101,6 +100,25 @@ class Services:
             await self.stack.aclose()
 
 
+def _turn_buffer(settings: Settings, sessions: SessionStore) -> TurnBuffer:
+    """Turns go where sessions go: with Redis sessions, to Redis, so any instance can serve a resume.
+
+    redis-py is imported only when a Redis store exists (it costs every worker memory): a store
+    that is a RedisSessionStore has loaded its module already.
+    """
+    redis_sessions = sys.modules.get("msev15.stores.sessions.redis")
+    if redis_sessions is None or not isinstance(sessions, redis_sessions.RedisSessionStore):
+        return MemoryTurnBuffer(settings.resume_buffer_seconds)
+    from msev15.stores.turns_redis import RedisTurnBuffer, reader_client  # noqa: PLC0415
+
+    return RedisTurnBuffer(
+        sessions.client,
+        reader_client(settings.redis_url),
+        settings.resume_buffer_seconds,
+        retry_window=sessions.retry_window,
+    )
+
+
 def services() -> Services:
     """The running app's services (inside a request or app context)."""
     found: Services = current_app.extensions[EXTENSION_KEY]
@@ -145,14 +163,7 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
             ),
             decisions=audit,
         )
-        buffer: TurnBuffer = MemoryTurnBuffer(settings.resume_buffer_seconds)
-        if isinstance(sessions, RedisSessionStore):  # any instance can serve a resume
-            buffer = RedisTurnBuffer(
-                sessions.client,
-                reader_client(settings.redis_url),
-                settings.resume_buffer_seconds,
-                retry_window=sessions.retry_window,
-            )
+        buffer = _turn_buffer(settings, sessions)
         stack.push_async_callback(buffer.close)
         runner = TurnRunner(agent, buffer)
         found = Services(settings, model, sessions, tools, agent, runner, time.time(), stack=stack)
