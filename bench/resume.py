@@ -127,7 +127,7 @@ def probe_buffer(turns: int, events_file: Path) -> dict[str, float]:
         return rss_mib(os.getpid())
 
     async def fill() -> dict[str, float]:
-        buffer = MemoryTurnBuffer(keep_seconds=300)
+        buffer = MemoryTurnBuffer(keep_seconds=300, max_kept_bytes=1 << 40)  # the cost per turn, uncapped
         ids = [f"{i:016x}" for i in range(turns)]  # 16 characters, as the service's turn ids
         before = rss()
         started = time.perf_counter()

@@ -672,11 +672,13 @@ class Bench:
             bar="(info)",
         )
         rate = getattr(self, "turns_per_s", float("nan"))
-        keep = 300
+        keep, cap_mib = 300, 32
         self.report.notes.append(
-            f"the turn buffer keeps an ended turn RESUME_BUFFER_SECONDS ({keep} s by default): at this "
-            f"run's {f0(rate)} JSON turns/s that is {f0(rate * keep)} turns, "
-            f"{f0(rate * keep * kept / 1024 / 1024)} MiB per worker"
+            f"the turn buffer keeps an ended turn RESUME_BUFFER_SECONDS ({keep} s by default) while the "
+            f"ended turns' events fit in RESUME_BUFFER_MAX_MB ({cap_mib} MiB by default): at this run's "
+            f"{f0(rate)} JSON turns/s, {f0(rate * keep)} turns would be kept by time alone "
+            f"({f0(rate * keep * kept / 1024 / 1024)} MiB per worker); the cap keeps about "
+            f"{f0(cap_mib * 1024 * 1024 / probe['event_bytes'])} of them"
         )
 
     async def stores_section(self) -> None:

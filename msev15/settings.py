@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(64, ge=1, le=10_000)
     session_store_wait_seconds: float = Field(5.0, gt=0, le=120)
     resume_buffer_seconds: int = Field(300, ge=1, le=86_400)
+    resume_buffer_max_mb: int = Field(32, ge=1, le=65_536)  # per worker, finished turns (memory buffer)
     session_ttl_seconds: int = Field(86_400, ge=1, le=365 * 86400)
     max_sessions: int = Field(100_000, ge=1, le=10_000_000)
     max_sessions_per_tenant: int = Field(10_000, ge=1, le=10_000_000)

@@ -166,6 +166,27 @@ async def test_the_buffer_expires_and_caps_each_turn() -> None:
     assert await buffer.latest("t", "s") is None and len(buffer) == 0
 
 
+async def test_ended_turns_replay_exactly_and_the_oldest_go_first_over_the_total_cap() -> None:
+    buffer = MemoryTurnBuffer(keep_seconds=300, max_kept_bytes=250)
+    events = {f"turn-{n}": [b'{"n": %d, "e": "%s"}' % (n, b"x" * seq) for seq in range(5)] for n in range(4)}
+    for turn_id, datas in events.items():  # 4 turns of 5 events, 95 bytes each
+        await buffer.open(TurnInfo(turn_id, "t", turn_id, None, 0.0))
+        live = await buffer.read(turn_id, 0)  # a reader that follows from the start
+        for seq, data in enumerate(datas, 1):
+            await buffer.append(turn_id, seq, data)
+        await buffer.finish(turn_id)
+        assert [item async for item in live] == list(enumerate(datas, 1))
+    assert len(buffer) == 2  # 190 of 250 bytes kept: the two oldest were forgotten
+    for turn_id in ("turn-0", "turn-1"):
+        with pytest.raises(TurnGone):
+            await buffer.read(turn_id)
+        assert await buffer.latest("t", turn_id) is None
+    for turn_id in ("turn-2", "turn-3"):
+        assert [item async for item in await buffer.read(turn_id, 2)] == list(enumerate(events[turn_id], 1))[
+            2:
+        ]
+
+
 async def test_an_expired_turn_is_a_404(model_settings: Settings, openai_server: ScriptedOpenAI) -> None:
     settings = model_settings.model_copy(update={"resume_buffer_seconds": 1})
     app = create_app(settings)

@@ -9,7 +9,10 @@ forgotten `keep_seconds` after it ends.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from array import array
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -70,15 +73,38 @@ class TurnBuffer(Protocol):
 @dataclass(slots=True)
 class _Turn:
     info: TurnInfo
-    entries: list[tuple[int, bytes]] = field(default_factory=list)
+    entries: list[bytes] = field(default_factory=list)  # entry k holds seq dropped + k + 1
     dropped: int = 0  # events dropped from the front to respect the caps
     size: int = 0
     ended_at: float | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event | None = field(default_factory=asyncio.Event)  # None once ended
+    packed: bytes = b""  # an ended turn's events, joined: far less memory than a list of them
+    ends: array[int] = field(default_factory=lambda: array("I"))  # where each packed event ends
+
+    def __len__(self) -> int:
+        return len(self.ends) if self.wake is None else len(self.entries)
+
+    def entry(self, index: int) -> bytes:
+        if self.wake is not None:
+            return self.entries[index]
+        return self.packed[self.ends[index - 1] if index else 0 : self.ends[index]]
+
+    def end(self, at: float) -> None:
+        """Mark it ended, wake its readers, and pack its events."""
+        self.ended_at = at
+        self.ends = array("I", itertools.accumulate(len(e) for e in self.entries))
+        self.packed, self.entries = b"".join(self.entries), []
+        wake, self.wake = self.wake, None
+        if wake is not None:
+            wake.set()
 
 
 class MemoryTurnBuffer:
-    """In-process buffer: the resume point of the memory and SQLite session stores."""
+    """In-process buffer: the resume point of the memory and SQLite session stores.
+
+    An ended turn is kept packed, and the ended turns together hold at most `max_kept_bytes` of
+    events: the oldest go first, so a busy worker's memory has a bound besides time.
+    """
 
     def __init__(
         self,
@@ -86,13 +112,17 @@ class MemoryTurnBuffer:
         max_events: int = 20_000,
         max_bytes: int = 2 * 1024 * 1024,
         clock: Any = time.monotonic,
+        max_kept_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.keep_seconds = keep_seconds
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.max_kept_bytes = max_kept_bytes
         self._clock = clock
         self._turns: dict[str, _Turn] = {}
         self._latest: dict[tuple[str, str], str] = {}
+        self._ended: OrderedDict[str, _Turn] = OrderedDict()  # in the order they ended
+        self._kept_bytes = 0
 
     async def open(self, info: TurnInfo) -> None:
         self._turns[info.turn_id] = _Turn(info)
@@ -100,26 +130,34 @@ class MemoryTurnBuffer:
 
     async def append(self, turn_id: str, seq: int, data: bytes) -> None:
         turn = self._turns.get(turn_id)
-        if turn is None:
+        if turn is None or turn.wake is None:
             return
-        turn.entries.append((seq, data))
+        turn.entries.append(data)
         turn.size += len(data)
         while len(turn.entries) > 1 and (len(turn.entries) > self.max_events or turn.size > self.max_bytes):
-            _, gone = turn.entries.pop(0)
+            gone = turn.entries.pop(0)
             turn.size -= len(gone)
             turn.dropped += 1
-        self._wake(turn)
+        wake, turn.wake = turn.wake, asyncio.Event()  # readers wait on the event of their moment
+        wake.set()
 
     async def finish(self, turn_id: str) -> None:
         turn = self._turns.get(turn_id)
-        if turn is not None:
-            turn.ended_at = self._clock()
-            self._wake(turn)
+        if turn is None or turn.wake is None:
+            return
+        turn.end(self._clock())
+        self._ended[turn_id] = turn
+        self._kept_bytes += turn.size
+        self._expire()
 
-    @staticmethod
-    def _wake(turn: _Turn) -> None:
-        wake, turn.wake = turn.wake, asyncio.Event()  # readers wait on the event of their moment
-        wake.set()
+    def _expire(self) -> None:
+        """Forget ended turns, oldest first, while they are past `keep_seconds` or over the cap."""
+        now = self._clock()
+        for turn in list(self._ended.values()):
+            assert turn.ended_at is not None
+            if now - turn.ended_at <= self.keep_seconds and self._kept_bytes <= self.max_kept_bytes:
+                return
+            self._forget(turn)
 
     async def read(
         self, turn_id: str, after: int = 0, idle: float | None = None
@@ -132,20 +170,18 @@ class MemoryTurnBuffer:
     async def _follow(
         self, turn: _Turn, after: int, idle: float | None
     ) -> AsyncIterator[tuple[int, bytes] | None]:
-        turn_id = turn.info.turn_id
-        position = after  # events are numbered from 1 without gaps: entry k holds seq dropped + k + 1
+        position = after  # events are numbered from 1 without gaps: entry k holds dropped + k + 1
         while True:
-            index = position - turn.dropped
+            index = position - turn.dropped  # again after every yield: the cap may have dropped some
             if index < 0:  # the reader fell behind the cap while it was away
-                raise TurnGone(turn_id)
-            while index < len(turn.entries):
-                entry = turn.entries[index]
-                position = entry[0]
-                index += 1
-                yield entry
-            if turn.ended_at is not None:
-                return
+                raise TurnGone(turn.info.turn_id)
+            if index < len(turn):
+                position += 1
+                yield position, turn.entry(index)
+                continue
             wake = turn.wake
+            if wake is None:  # ended, and all of it read
+                return
             if idle is None:
                 await wake.wait()
                 continue
@@ -156,15 +192,8 @@ class MemoryTurnBuffer:
                 yield KEEPALIVE
 
     def _live(self, turn_id: str) -> _Turn | None:
-        turn = self._turns.get(turn_id)
-        if (
-            turn is not None
-            and turn.ended_at is not None
-            and self._clock() - turn.ended_at > self.keep_seconds
-        ):
-            self._forget(turn)
-            return None
-        return turn
+        self._expire()
+        return self._turns.get(turn_id)
 
     async def info(self, turn_id: str) -> TurnInfo | None:
         turn = self._live(turn_id)
@@ -175,20 +204,27 @@ class MemoryTurnBuffer:
         return await self.info(turn_id) if turn_id is not None else None
 
     async def purge(self) -> int:
-        expired = [t for t in list(self._turns.values()) if self._live(t.info.turn_id) is None]
-        return len(expired)
+        before = len(self._turns)
+        self._expire()
+        return before - len(self._turns)
 
     def _forget(self, turn: _Turn) -> None:
-        self._turns.pop(turn.info.turn_id, None)
+        turn_id = turn.info.turn_id
+        self._turns.pop(turn_id, None)
+        if self._ended.pop(turn_id, None) is not None:
+            self._kept_bytes -= turn.size
         key = (turn.info.tenant_id, turn.info.session_id)
-        if self._latest.get(key) == turn.info.turn_id:
+        if self._latest.get(key) == turn_id:
             del self._latest[key]
 
     async def close(self) -> None:
         for turn in self._turns.values():
-            self._wake(turn)
+            if turn.wake is not None:
+                turn.end(self._clock())
         self._turns.clear()
         self._latest.clear()
+        self._ended.clear()
+        self._kept_bytes = 0
 
     def __len__(self) -> int:
         return len(self._turns)

@@ -108,7 +108,9 @@ def _turn_buffer(settings: Settings, sessions: SessionStore) -> TurnBuffer:
     """
     redis_sessions = sys.modules.get("msev15.stores.sessions.redis")
     if redis_sessions is None or not isinstance(sessions, redis_sessions.RedisSessionStore):
-        return MemoryTurnBuffer(settings.resume_buffer_seconds)
+        return MemoryTurnBuffer(
+            settings.resume_buffer_seconds, max_kept_bytes=settings.resume_buffer_max_mb * 1024 * 1024
+        )
     from msev15.stores.turns_redis import RedisTurnBuffer, reader_client  # noqa: PLC0415
 
     return RedisTurnBuffer(
