@@ -14,13 +14,16 @@ from quart_schema import Info, QuartSchema
 from msev15.agent.model import ModelClient
 from msev15.agent.providers import model_auth
 from msev15.logs import banner, configure_logging
+from msev15.metrics import configure_metrics, metrics
 from msev15.settings import ROOT, VERSION, Settings, load_settings
-from msev15.stores.sessions import SessionStore
+from msev15.stores.sessions import SessionStore, hypercorn_workers
+from msev15.tracing import configure_tracing, shutdown_tracing
 from msev15.web import chat, health, issuing, page, ws
 from msev15.web import sessions as session_routes
 from msev15.web.context import install_request_context
 from msev15.web.cors import install_cors
 from msev15.web.errors import register_error_handlers
+from msev15.web.instrument import install_http_metrics, install_http_tracing
 from msev15.web.openapi import ServiceOpenAPI
 from msev15.web.ratelimit import install_rate_limits
 from msev15.web.services import EXTENSION_KEY, Overrides, Services, open_services
@@ -63,6 +66,9 @@ def create_app(
         settings = settings.model_copy(update=overrides)
 
     configure_logging(settings)
+    if settings.enable_metrics:
+        configure_metrics(hypercorn_workers())  # before anything records: several workers share files
+    tracing = configure_tracing()  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
     app = Quart(__name__, static_folder=str(ROOT / "static"), template_folder=str(ROOT / "templates"))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["BODY_TIMEOUT"] = 30
@@ -76,12 +82,16 @@ def create_app(
         openapi_provider_class=ServiceOpenAPI,
     )
     register_error_handlers(app)
+    if settings.enable_metrics:
+        install_http_metrics(app)  # first: a request an earlier hook refuses is still counted
     install_request_context(app)
     install_rate_limits(app, settings)  # after the request id exists, so a 429 carries it
     for module in (chat, session_routes, issuing, health, page, ws):
         app.register_blueprint(module.routes)
     if settings.enable_cors:
         install_cors(app, settings.cors_origin_list)
+    if tracing:
+        install_http_tracing(app)
 
     @app.while_serving
     async def _lifespan() -> AsyncGenerator[None, None]:
@@ -95,6 +105,9 @@ def create_app(
             found.draining = True  # readiness answers 503 `draining` from now on; liveness stays 200
             await found.close()
             app.extensions.pop(EXTENSION_KEY, None)
+            if settings.enable_metrics:
+                metrics().close()
+            shutdown_tracing()
 
     return app
 

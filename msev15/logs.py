@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import orjson
 
 from msev15.settings import Settings
+from msev15.tracing import current_ids
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 session_id_var: ContextVar[str | None] = ContextVar("session_id", default=None)
@@ -53,6 +54,9 @@ class JsonFormatter(logging.Formatter):
             value = var.get()
             if value is not None:
                 entry[name] = value
+        ids = current_ids()  # None at once while tracing is off
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in self._RESERVED and not key.startswith("_"):
                 entry[key] = value

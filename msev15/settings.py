@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     cors_origins: str = "*"
     max_request_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024)
     health_cache_seconds: float = Field(5.0, ge=0, le=300)
+    enable_metrics: bool = True  # GET /metrics (Prometheus); tracing is the standard OTEL_* variables
 
     # Security
     api_keys: SecretStr | None = None

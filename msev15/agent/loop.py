@@ -31,8 +31,9 @@ from msev15.agent.events import (
     Turn,
 )
 from msev15.agent.history import call_record, model_history, size
-from msev15.agent.model import ModelClient, ModelUnavailable, TextDelta, ToolCallRequest
+from msev15.agent.model import ModelClient, ModelFinish, ModelUnavailable, TextDelta, ToolCallRequest
 from msev15.jsonio import dumps
+from msev15.metrics import metrics
 from msev15.principal import ANY_USER
 from msev15.stores.sessions import (
     Message,
@@ -43,6 +44,7 @@ from msev15.stores.sessions import (
     SessionStoreUnavailable,
 )
 from msev15.tools.registry import ToolContext, ToolError, ToolRegistry, ToolResult, parse_arguments
+from msev15.tracing import SpanKind, current_span, span
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,12 @@ class Agent:
         self.limits = limits or AgentLimits()
         self.instructions = instructions
         self.decisions = decisions
+        # The model span's attributes, built once (the GenAI semantic conventions' names).
+        self._model_attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": _GENAI_PROVIDERS.get(model.provider, model.provider),
+            "gen_ai.request.model": model.model_name,
+        }
 
     async def _session(self, turn: Turn) -> Session | None:
         """The turn's session as its caller may see it; SessionOwnedElsewhere when it is someone else's."""
@@ -157,16 +165,36 @@ class Agent:
         raising TurnRefused; the turn then ends before it did anything.
         """
         final: DoneEvent | ErrorEvent | None = None
-        async with contextlib.aclosing(self._run(turn, ready)) as events:
-            async for event in events:
-                if isinstance(event, DoneEvent | ErrorEvent):
-                    final = event
-                else:
-                    yield event
-        # The last event goes out after the session lock is released: a consumer that stops
-        # reading at `done` (the JSON endpoint) must not keep the next turn waiting.
-        if final is not None:
-            yield final
+        recorded = metrics()
+        started = time.perf_counter()
+        waiting_first = True
+        outcome = "cancelled"  # until the turn says otherwise: the consumer went away
+        traced = span("invoke_agent msev15", _turn_attributes(turn))
+        try:
+            traced.__enter__()
+            async with contextlib.aclosing(self._run(turn, ready)) as events:
+                async for event in events:
+                    if isinstance(event, DoneEvent | ErrorEvent):
+                        final = event
+                    else:
+                        if waiting_first and isinstance(event, TokenEvent):
+                            recorded.first_token.observe(time.perf_counter() - started)
+                            waiting_first = False
+                        yield event
+            # The last event goes out after the session lock is released: a consumer that stops
+            # reading at `done` (the JSON endpoint) must not keep the next turn waiting.
+            if final is not None:
+                outcome = "ok" if isinstance(final, DoneEvent) else final.code
+                yield final
+        except TurnRefused:
+            outcome = "refused"
+            raise
+        finally:
+            recorded.turn(outcome)
+            turn_span = current_span()
+            if turn_span is not None:
+                turn_span.set_attribute("msev15.turn.outcome", outcome)
+            traced.__exit__(None, None, None)
 
     async def _open(self, turn: Turn, stack: contextlib.AsyncExitStack) -> _Context:
         """Take the session's lock and read it, or refuse the turn before anything is streamed."""
@@ -300,13 +328,17 @@ class Agent:
         for _ in range(self.limits.max_tool_rounds):
             calls: list[ToolCallRequest] = []
             round_text: list[str] = []
-            async for item in self.model.stream(messages, self.tools.specs()):
-                if isinstance(item, TextDelta):
-                    round_text.append(item.text)
-                    cx.state.text.append(item.text)
-                    yield TokenEvent(item.text)
-                elif isinstance(item, ToolCallRequest):
-                    calls.append(item)
+            metrics().model_request(self.model.provider)
+            with span(f"chat {self.model.model_name}", self._model_attributes, SpanKind.CLIENT) as call:
+                async for item in self.model.stream(messages, self.tools.specs()):
+                    if isinstance(item, TextDelta):
+                        round_text.append(item.text)
+                        cx.state.text.append(item.text)
+                        yield TokenEvent(item.text)
+                    elif isinstance(item, ToolCallRequest):
+                        calls.append(item)
+                    elif call is not None:  # the finish: what the GenAI conventions record
+                        _record_finish(call, item)
             if not calls:
                 return
             messages.append(
@@ -393,6 +425,27 @@ class Agent:
         except Exception:
             log.exception("could not store the interrupted turn")
         return True
+
+
+def _turn_attributes(turn: Turn) -> dict[str, Any]:
+    """The turn's span: which conversation, never what was said or who said it."""
+    return {
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.agent.name": "msev15",
+        "gen_ai.conversation.id": turn.session_id,
+        "msev15.request_id": turn.request_id or "",
+    }
+
+
+def _record_finish(call: Any, finish: ModelFinish) -> None:
+    call.set_attribute("gen_ai.response.finish_reasons", [finish.reason])
+    if finish.input_tokens is not None:
+        call.set_attribute("gen_ai.usage.input_tokens", finish.input_tokens)
+    if finish.output_tokens is not None:
+        call.set_attribute("gen_ai.usage.output_tokens", finish.output_tokens)
+
+
+_GENAI_PROVIDERS = {"openai": "openai", "azure": "azure.ai.openai"}
 
 
 def _count(session: Session) -> int:

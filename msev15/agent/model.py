@@ -25,13 +25,22 @@ class ToolCallRequest:
 class ModelFinish:
     reason: str
     type: Literal["finish"] = "finish"
+    input_tokens: int | None = None  # token usage, where the API reports it
+    output_tokens: int | None = None
 
 
 ModelEvent = TextDelta | ToolCallRequest | ModelFinish
 
 
 class ModelUnavailable(Exception):
-    """The model could not be reached or failed after the allowed retries."""
+    """The model could not be reached or failed after the allowed retries.
+
+    `kind` is a short fixed word for metrics and traces (timeout, unreachable, auth, ...).
+    """
+
+    def __init__(self, message: str, kind: str = "unavailable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ModelClient(Protocol):

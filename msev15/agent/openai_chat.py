@@ -30,12 +30,13 @@ class OpenAIChatModel(OpenAIStreamModel):
 class ChatReader:
     """Completion chunks folded into text, tool calls (assembled from their pieces) and a finish reason."""
 
-    __slots__ = ("calls", "finish", "done")
+    __slots__ = ("calls", "finish", "done", "usage")
 
     def __init__(self) -> None:
         self.calls: dict[int, dict[str, str]] = {}
         self.finish: str | None = None
         self.done = False  # saw [DONE]
+        self.usage: dict[str, Any] | None = None  # the last chunk's, when the server sends it
 
     def feed(self, lines: list[bytes], text: list[str]) -> bool:
         for line in lines:
@@ -55,6 +56,8 @@ class ChatReader:
             raise Retryable(f"model stream error: {error_text(chunk['error'])}")
         finish = None
         calls = self.calls
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             content = delta.get("content")
@@ -79,5 +82,16 @@ class ChatReader:
         for index in sorted(self.calls):
             slot = self.calls[index]
             events.append(ToolCallRequest(slot["id"] or f"call_{index}", slot["name"], slot["args"]))
-        events.append(ModelFinish(self.finish or "stop"))
+        usage = self.usage or {}
+        events.append(
+            ModelFinish(
+                self.finish or "stop",
+                input_tokens=_count(usage.get("prompt_tokens")),
+                output_tokens=_count(usage.get("completion_tokens")),
+            )
+        )
         return events
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) else None

@@ -16,6 +16,7 @@ import orjson
 
 from msev15.agent.model import ModelEvent, ModelFinish, ToolCallRequest
 from msev15.agent.openai_stream import OpenAIStreamModel, Retryable, error_text
+from msev15.tracing import tracing_enabled
 
 # Events whose data is read; the rest (created, in_progress, content parts, text done, and the
 # large `response.completed`, which echoes the whole request) are recognised by their `event:`
@@ -143,12 +144,13 @@ def _text_of(content: Any) -> str:
 class ResponsesReader:
     """Response stream events folded into text, function calls and a finish reason."""
 
-    __slots__ = ("calls", "event", "finish")
+    __slots__ = ("calls", "event", "finish", "usage")
 
     def __init__(self) -> None:
         self.calls: dict[Any, dict[str, str]] = {}  # by output_index (item id when absent)
         self.event: bytes | None = None  # the `event:` line of the event being read
         self.finish: str | None = None
+        self.usage: dict[str, Any] = {}  # from the completed response
 
     def feed(self, lines: list[bytes], text: list[str]) -> bool:
         for line in lines:
@@ -162,6 +164,8 @@ class ResponsesReader:
                 if event is not None and event not in _READ:
                     if event == _COMPLETED:
                         self.finish = "tool_calls" if self.calls else "stop"
+                        # Parsed only for a trace: the event echoes the whole request.
+                        self.usage = _usage(line[5:]) if tracing_enabled() else {}
                         return True
                     continue
                 if event in _ITEMS and b'"function_call"' not in line:
@@ -200,6 +204,8 @@ class ResponsesReader:
                 slot["args"] = item.get("arguments") or slot["args"]
         elif kind == "response.completed":
             self.finish = "tool_calls" if self.calls else "stop"
+            usage = (event.get("response") or {}).get("usage")
+            self.usage = usage if isinstance(usage, dict) else {}
             return True
         elif kind == "response.incomplete":
             details = (event.get("response") or {}).get("incomplete_details") or {}
@@ -229,8 +235,28 @@ class ResponsesReader:
         for index, key in enumerate(sorted(self.calls, key=_order)):
             slot = self.calls[key]
             events.append(ToolCallRequest(slot["id"] or f"call_{index}", slot["name"], slot["args"] or "{}"))
-        events.append(ModelFinish(self.finish))
+        usage = self.usage
+        events.append(
+            ModelFinish(
+                self.finish,
+                input_tokens=_int(usage.get("input_tokens")),
+                output_tokens=_int(usage.get("output_tokens")),
+            )
+        )
         return events
+
+
+def _usage(data: bytes) -> dict[str, Any]:
+    """The token usage of a `response.completed` event (one parse per model call, not per token)."""
+    try:
+        usage = (orjson.loads(data).get("response") or {}).get("usage")
+    except orjson.JSONDecodeError:
+        return {}
+    return usage if isinstance(usage, dict) else {}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 def _order(key: Any) -> tuple[int, str]:

@@ -23,6 +23,7 @@ import openai
 import orjson
 
 from msev15.agent.model import ModelEvent, ModelUnavailable, TextDelta
+from msev15.metrics import metrics
 from msev15.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,11 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 class Retryable(Exception):
     """A failure worth another try, as long as nothing has been streamed yet."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, kind: str = "stream") -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.kind = kind  # a short fixed word for metrics and traces
 
 
 class ModelAuthError(Exception):
@@ -125,6 +127,7 @@ class OpenAIStreamModel:
         # and tool schema through its TypedDicts and then encode them again with stdlib json.
         body = orjson.dumps(self.request(messages, tools))
         attempt = 0
+        recorded = metrics()
         while True:
             emitted = False
             try:
@@ -132,9 +135,14 @@ class OpenAIStreamModel:
                     emitted = True
                     yield event
                 return
+            except ModelUnavailable as exc:
+                recorded.model_error(self.provider, exc.kind)
+                raise
             except Retryable as exc:
+                recorded.model_error(self.provider, exc.kind)
                 if emitted or attempt >= self.max_retries:
-                    raise ModelUnavailable(exc.reason) from None
+                    raise ModelUnavailable(exc.reason, exc.kind) from None
+                recorded.model_retry(self.provider)
                 delay = self.retry_base * (2**attempt) * (0.5 + random.random())  # noqa: S311 - jitter
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, 30.0))
@@ -183,31 +191,33 @@ class OpenAIStreamModel:
             finally:
                 await response.aclose()  # the body is released however the reading ends
         except ModelAuthError as exc:
-            raise ModelUnavailable(exc.reason) from None
+            raise ModelUnavailable(exc.reason, "auth") from None
         except openai.APIStatusError as exc:
             if exc.status_code in RETRYABLE_STATUS:
                 raise Retryable(
-                    f"model server answered {exc.status_code}", retry_after(exc.response)
+                    f"model server answered {exc.status_code}",
+                    retry_after(exc.response),
+                    kind=f"http_{exc.status_code}",
                 ) from None
             if exc.status_code in (401, 403):
                 raise ModelUnavailable(
-                    f"model server refused the request ({exc.status_code}): {self._refusal()}"
+                    f"model server refused the request ({exc.status_code}): {self._refusal()}", "auth"
                 ) from None
-            raise ModelUnavailable(f"model server refused the request ({exc.status_code})") from None
+            raise ModelUnavailable(
+                f"model server refused the request ({exc.status_code})", "refused"
+            ) from None
         except openai.APIConnectionError as exc:  # APITimeoutError included
             if caused_by(exc, ssl.SSLCertVerificationError):
-                raise ModelUnavailable("model server's TLS certificate is not trusted") from None
-            raise Retryable(
-                "model server timed out"
-                if isinstance(exc, openai.APITimeoutError)
-                else "model server unreachable"
-            ) from None
+                raise ModelUnavailable("model server's TLS certificate is not trusted", "tls") from None
+            if isinstance(exc, openai.APITimeoutError):
+                raise Retryable("model server timed out", kind="timeout") from None
+            raise Retryable("model server unreachable", kind="unreachable") from None
         except httpx2.TimeoutException:
-            raise Retryable("model stream timed out") from None
+            raise Retryable("model stream timed out", kind="timeout") from None
         except (httpx2.TransportError, httpx2.StreamError) as exc:
             raise Retryable(f"model stream broke off ({type(exc).__name__})") from None
         except orjson.JSONDecodeError:
-            raise Retryable("model stream sent malformed data") from None
+            raise Retryable("model stream sent malformed data", kind="malformed") from None
         for event in reader.end():
             yield event
 

@@ -27,6 +27,7 @@ from msev15.mail.render import Rendered, Shop
 from msev15.settings import Settings
 from msev15.stores.order_schema import now_iso
 from msev15.stores.orders import OrderRepository
+from msev15.tracing import SpanKind, span
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class Mailer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # The delivery span names the server, never the sender, the recipient or the message.
+        self._smtp_span = {"server.address": settings.smtp_server or "", "server.port": settings.smtp_port}
 
     @property
     def smtp_enabled(self) -> bool:
@@ -176,6 +179,13 @@ class Mailer:
                 row = await cursor.fetchone()
         return dict(row) if row else None
 
+    async def counts(self) -> dict[str, int]:
+        """Mails in the outbox by status, across tenants (the metrics' backlog)."""
+        async with self.repo.reading() as db:
+            async with db.execute("SELECT status, count(*) FROM outbox GROUP BY status") as cursor:
+                rows = await cursor.fetchall()
+        return {str(row[0]): int(row[1]) for row in rows}
+
     def _build(self, mail_id: str, to: str, content: Rendered) -> EmailMessage:
         sender = self.settings.sender_email
         domain = sender.rpartition("@")[2] or "localhost"
@@ -209,9 +219,10 @@ class Mailer:
                     continue
                 recipient, raw, attempts = claimed
                 try:
-                    if client is None or not client.is_connected:
-                        client = await self._connect()
-                    await client.sendmail(self.settings.sender_email, [recipient], raw)
+                    with span("smtp send", self._smtp_span, SpanKind.CLIENT):
+                        if client is None or not client.is_connected:
+                            client = await self._connect()
+                        await client.sendmail(self.settings.sender_email, [recipient], raw)
                 except (aiosmtplib.SMTPException, OSError) as exc:
                     await self._failed(mail_id, attempts, exc)
                     if client is not None:

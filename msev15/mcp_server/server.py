@@ -35,6 +35,7 @@ from msev15.mcp_server.catalog import (
     product_view,
     read_query,
 )
+from msev15.tracing import configure_tracing, shutdown_tracing
 
 __all__ = ["Catalog", "CatalogUnavailable", "build_server", "main", "product_view"]
 
@@ -334,6 +335,9 @@ def main(argv: Sequence[str] | None = None, build: Callable[[Path, str], MCPServ
     configure_stream_logging(args.log_level, sys.stderr if args.transport == "stdio" else sys.stdout)
     for warning in args.start_warnings:
         log.warning(warning)
+    # With OTEL_EXPORTER_OTLP_ENDPOINT set, each tool call is a span in the calling request's trace:
+    # the SDK reads the caller's `traceparent` from the request's `_meta`.
+    configure_tracing("msev15-mcp")
     db_path = args.db if args.db is not None else _default_db_path()
     server = build(db_path, args.tenant)
     if not Path(db_path).exists():
@@ -341,5 +345,8 @@ def main(argv: Sequence[str] | None = None, build: Callable[[Path, str], MCPServ
     if args.transport == "stdio":
         server.run("stdio")
         return
-    with suppress(KeyboardInterrupt):
-        asyncio.run(serve_http(server, args.host, args.port))
+    try:
+        with suppress(KeyboardInterrupt):
+            asyncio.run(serve_http(server, args.host, args.port))
+    finally:
+        shutdown_tracing()

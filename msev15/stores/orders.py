@@ -34,6 +34,7 @@ from msev15.stores.order_schema import (
     now_iso,
     seed_demo_data,
 )
+from msev15.tracing import span
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ STATUSES = ("pending", "processing", "shipped", "delivered", "cancelled", "retur
 BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
 ORDER_PREFIX = "ORD-"
 FIRST_ORDER_NUMBER = 1001
+
+
+_DB_SPAN = {"db.system.name": "sqlite", "db.namespace": "orders"}  # never the statement's values
 
 
 def money(cents: int) -> str:
@@ -89,7 +93,7 @@ class OrderRepository:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction: taken before reading, so check-then-change cannot race."""
         async with self.lock:
-            with _busy_is_refusal():
+            with span("sqlite transaction", _DB_SPAN), _busy_is_refusal():
                 await self.db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self.db
@@ -103,7 +107,7 @@ class OrderRepository:
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
         """Reads wait for a running write so they never see its uncommitted half."""
         async with self.lock:
-            with _busy_is_refusal():
+            with span("sqlite read", _DB_SPAN), _busy_is_refusal():
                 yield self.db
 
     async def _migrate(self, seed: bool) -> None:

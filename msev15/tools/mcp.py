@@ -25,6 +25,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from msev15.jsonio import dumps
+from msev15.metrics import metrics
 from msev15.settings import Settings
 from msev15.tools.registry import RetryableToolError, Tool, ToolContext, ToolError, ToolRegistry
 
@@ -69,6 +70,7 @@ class McpToolProvider:
         # which while the server is down would stall the event loop at each reconnect.
         # Timeouts as the SDK's own default client: the server may hold a response stream open.
         self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=300.0))
+        metrics().mcp_connected.set(0)
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -139,6 +141,7 @@ class McpToolProvider:
                 self._on_failure(exc)
             finally:
                 self._client = None
+                metrics().mcp_connected.set(0)
                 self._drop_tools()
                 self._first_attempt.set()
             if self._stop.is_set():
@@ -154,6 +157,7 @@ class McpToolProvider:
             self._register(client, listed)
             self._client = client
             self._status = "ok"
+            metrics().mcp_connected.set(1)
             if self._failures:
                 log.info("MCP server %s is back: %d tools", _mask(self.url), len(listed))
             else:

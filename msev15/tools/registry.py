@@ -12,6 +12,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from msev15.jsonio import dumps, loads
+from msev15.metrics import metrics
+from msev15.tracing import mark_error, span
 
 log = logging.getLogger(__name__)
 
@@ -250,16 +252,35 @@ class ToolRegistry:
         """Validate, run with a timeout and bounded retries, and contain every failure."""
         started = time.perf_counter()
         plain: dict[str, Any] = {}
-        try:
-            plain = parse_arguments(raw_arguments)
-            tool, validated, plain = self.prepare(name, plain)
-            value = await self._run(tool, validated, ctx)
-            result = ToolResult(True, self._clip(_render(value)), None, _ms(started))
-        except ToolError as exc:
-            result = ToolResult(False, None, str(exc) or "the tool failed", _ms(started))
-        except Exception:  # a bug in a tool must not break the conversation
-            log.exception("tool %s failed", name)
-            result = ToolResult(False, None, "the tool failed unexpectedly", _ms(started))
+        # A name the model made up is not a label: the registry's names are the bounded set.
+        label = name if name in self._tools else "unknown"
+        attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": label}
+        with span(f"execute_tool {label}", attributes) as traced:
+            outcome = "invalid"  # until the arguments are parsed and validated
+            try:
+                plain = parse_arguments(raw_arguments)
+                tool, validated, plain = self.prepare(name, plain)
+                outcome = "error"
+                value = await self._run(tool, validated, ctx)
+                result = ToolResult(True, self._clip(_render(value)), None, _ms(started))
+                outcome = "ok"
+            except _Refused as exc:
+                outcome = "refused"
+                result = ToolResult(False, None, str(exc) or "the tool refused", _ms(started))
+            except _Exhausted as exc:
+                outcome = "unavailable"
+                result = ToolResult(False, None, str(exc) or "the tool failed", _ms(started))
+            except ToolError as exc:
+                result = ToolResult(False, None, str(exc) or "the tool failed", _ms(started))
+            except Exception:  # a bug in a tool must not break the conversation
+                log.exception("tool %s failed", name)
+                outcome = "crashed"
+                result = ToolResult(False, None, "the tool failed unexpectedly", _ms(started))
+            if traced is not None:
+                traced.set_attribute("msev15.tool.result", outcome)
+                if outcome != "ok":
+                    mark_error(traced, outcome)
+        metrics().tool(label, outcome)
         await self._notify(ctx, name, plain, result)
         return result
 
@@ -271,7 +292,7 @@ class ToolRegistry:
                 async with asyncio.timeout(timeout):
                     return await tool.handler(validated, ctx)
             except tool.refusals as exc:
-                raise ToolError(str(exc)) from None
+                raise _Refused(str(exc)) from None
             except TimeoutError:
                 error: ToolError = RetryableToolError(
                     f"the tool {tool.name} did not answer within {timeout:g} s"
@@ -279,7 +300,7 @@ class ToolRegistry:
             except RetryableToolError as exc:
                 error = exc
             if attempt >= tool.retries:
-                raise ToolError(str(error))
+                raise _Exhausted(str(error))
             await asyncio.sleep(self.retry_base_seconds * (2**attempt))
             attempt += 1
 
@@ -296,6 +317,14 @@ class ToolRegistry:
         if len(text) <= self.max_result_chars:
             return text
         return text[: self.max_result_chars] + " …[truncated]"
+
+
+class _Refused(ToolError):
+    """The tool's rules said no (one of its `refusals`)."""
+
+
+class _Exhausted(ToolError):
+    """Every allowed attempt timed out or found the tool's service unreachable."""
 
 
 def _render(value: Any) -> str:

@@ -11,6 +11,7 @@ from quart_schema import document_response, tag
 
 from msev15.agent.events import Turn
 from msev15.jsonio import iso, loads, utcnow
+from msev15.metrics import metrics
 from msev15.web.auth import require_credentials
 from msev15.web.errors import AppError, BadRequest, NotFound, Unavailable, json_response
 from msev15.web.schemas import ChatRequest, ChatResponse, ErrorResponse, json_body
@@ -90,9 +91,14 @@ def sse_response(turn_id: str, events: AsyncIterator[tuple[int, bytes] | None]) 
     """A turn's events as Server-Sent Events, each with its resume id; the turn outlives the stream."""
 
     async def body() -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(events):  # type: ignore[type-var]
-            async for item in events:
-                yield b": keep-alive\n\n" if item is None else sse_frame(turn_id, *item)
+        gauge = metrics().sse
+        gauge.inc()
+        try:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for item in events:
+                    yield b": keep-alive\n\n" if item is None else sse_frame(turn_id, *item)
+        finally:
+            gauge.dec()
 
     response = Response(body(), content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from quart import Blueprint, Response
-from quart_schema import document_response, tag
+from quart_schema import document_response, hide, tag
 
 from msev15.jsonio import iso, utcnow
-from msev15.web.errors import json_response
+from msev15.metrics import CONTENT_TYPE, metrics
+from msev15.web.errors import NotFound, json_response
 from msev15.web.schemas import Health, Readiness
 from msev15.web.services import readiness as check_readiness
 from msev15.web.services import services
 
+log = logging.getLogger(__name__)
 routes = Blueprint("health", __name__)
 
 
@@ -65,3 +68,20 @@ async def readiness() -> Response:
         "warnings": warnings,
     }
     return json_response(body, 503 if status == "unhealthy" else 200)
+
+
+@routes.get("/metrics")
+@hide
+async def metrics_text() -> Response:
+    """Prometheus text format for scrapers: no API key, no rate limit (ENABLE_METRICS=false: 404)."""
+    found = services()
+    if not found.settings.enable_metrics:
+        raise NotFound("no such resource")
+    recorded = metrics()
+    if found.mailer is not None:
+        try:
+            recorded.outbox_counts(await found.mailer.counts())
+        except Exception as exc:  # a scrape still answers while the database is down
+            log.warning("metrics: outbox counts unavailable: %s", type(exc).__name__)
+    body = recorded.render()
+    return Response(body, content_type=CONTENT_TYPE)

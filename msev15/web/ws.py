@@ -23,6 +23,7 @@ from quart_rate_limiter import RateLimitExceeded
 from msev15.agent.events import ErrorEvent, event_dict
 from msev15.jsonio import dumps, loads
 from msev15.logs import request_id_var
+from msev15.metrics import metrics
 from msev15.principal import UserScope
 from msev15.web.auth import from_trusted_proxy, require_credentials
 from msev15.web.errors import AppError, Forbidden, rate_limited, render, validation_details
@@ -74,7 +75,12 @@ async def chat_ws() -> Response | None:
     except AppError as exc:
         return render(exc)
     await websocket.accept()
-    await _Channel().serve()
+    gauge = metrics().websockets
+    gauge.inc()
+    try:
+        await _Channel().serve()
+    finally:
+        gauge.dec()
     return None
 
 
