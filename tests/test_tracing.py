@@ -213,3 +213,25 @@ def test_log_lines_carry_the_trace_and_span_ids(monkeypatch: pytest.MonkeyPatch)
     assert line["span_id"] == format(context.span_id, "016x")
     outside = orjson.loads(JsonFormatter().format(record))
     assert "trace_id" not in outside
+
+
+def test_without_an_endpoint_the_sdk_is_never_loaded() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    code = (
+        "import sys, tempfile, pathlib\n"
+        "from msev15 import create_app\n"
+        "from tests.conftest import make_settings\n"
+        "create_app(make_settings(pathlib.Path(tempfile.mkdtemp())))\n"
+        "print(' '.join(sys.modules))"
+    )
+    out = subprocess.run(  # noqa: S603 - a fixed program
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+    loaded = set(out.stdout.split())
+    assert not {m for m in loaded if m.startswith(("opentelemetry.sdk", "opentelemetry.instrumentation"))}
