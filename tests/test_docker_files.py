@@ -21,7 +21,7 @@ from tests.helpers import free_port
 from tests.mcp_fixtures import make_orders_db, wait_for_port
 from tests.test_env_example import docker_env_file
 
-EXACT_TAG = re.compile(r"^[a-z0-9./_-]+(:[0-9]+\.[0-9]+\.[0-9]+[A-Za-z0-9._-]*)?(@sha256:[0-9a-f]{64})?$")
+EXACT_TAG = re.compile(r"^[a-z0-9./_-]+(:v?[0-9]+\.[0-9]+\.[0-9]+[A-Za-z0-9._-]*)?(@sha256:[0-9a-f]{64})?$")
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -53,7 +53,9 @@ def pinned(image: str) -> bool:
 
 def test_pinned_means_an_exact_version() -> None:
     assert pinned("python:3.11.14-slim-trixie") and pinned("redis:7.4.6-alpine")
+    assert pinned("prom/prometheus:v3.5.0")  # a `v` before an exact version is still exact
     assert not any(pinned(i) for i in ("python:3.11-slim", "redis:7-alpine", "redis", "redis:latest"))
+    assert not any(pinned(i) for i in ("prom/prometheus:v3", "grafana/grafana:latest"))
 
 
 def test_dockerfile_pins_its_base_images_and_declares_no_volume() -> None:

@@ -70,5 +70,9 @@ def test_operations_covers_what_an_operator_needs() -> None:
         "## Scaling out",
         "noeviction",
         "LOG_TO_FILE=false",
+        "GET /metrics",
+        "PROMETHEUS_MULTIPROC_DIR",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "docker compose --profile observability up",
     ):
         assert topic in OPERATIONS, topic

@@ -177,6 +177,29 @@ def test_a_local_tool_with_its_sql_is_one_trace_per_request(traced: Traced) -> N
     assert_nothing_private(spans + later, message)
 
 
+def test_a_key_in_the_query_string_never_reaches_a_span(traced: Traced) -> None:
+    """The WebSocket takes `?api_key=`: the tracing middleware never sees a query string."""
+    probe = httpx.get(f"{traced.url}/health/liveness", params={"api_key": API_KEY}, timeout=10)
+    assert probe.status_code == 200
+    response = httpx.get(
+        f"{traced.url}/api/v1/sessions",
+        params={"tenant_id": "tenant-b"},
+        headers={"X-API-Key": API_KEY},
+        timeout=10,
+    )
+    assert response.status_code == 403  # below the middleware the app still reads its query
+
+    def exported() -> list[ReceivedSpan]:
+        names = {"GET /health/liveness", "GET /api/v1/sessions"}
+        found = [s for s in traced.receiver.snapshot() if s.name in names]
+        assert {s.name for s in found} == names
+        return found
+
+    for server in eventually_sync(exported, within=10, interval=0.05, what="the two requests' spans"):
+        shown = orjson.dumps(server.attributes).decode()
+        assert API_KEY not in shown and "tenant-b" not in shown and "?" not in shown, shown
+
+
 def assert_nothing_private(spans: list[ReceivedSpan], message: str) -> None:
     """No email address, message text or key in any attribute (nor in a span's name)."""
     for span in spans:
