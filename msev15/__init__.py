@@ -122,7 +122,7 @@ def _announce(settings: Settings, found: Services) -> None:
             "model": found.model.model_name,
             "model_auth": model_auth(found.model),
             "sessions": settings.session_store,
-            "database": str(settings.order_db_path),
+            "database": settings.database_label,
             "email": (
                 f"smtp {settings.smtp_server}:{settings.smtp_port}"
                 if settings.smtp_server

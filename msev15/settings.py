@@ -6,6 +6,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,6 +15,10 @@ VERSION = "0.1.0"
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: static/, templates/, hypercorn.toml
 DEFAULT_MCP_URL = "http://localhost:8000/mcp"
 DEFAULT_AZURE_API_VERSION = "2024-10-21"  # the current GA of Azure OpenAI's dated inference API
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.split("://", 1)[0] in ("postgresql", "postgres")
 
 
 class SettingsError(ValueError):
@@ -93,8 +98,11 @@ class Settings(BaseSettings):
     max_sessions_per_tenant: int = Field(10_000, ge=1, le=10_000_000)
     max_messages_per_session: int = Field(200, ge=2, le=100_000)
 
-    # Orders
+    # Orders (with the email outbox and the audit log): a SQLite file, or PostgreSQL when
+    # DATABASE_URL is set (shared by every instance)
     order_db_path: Path = Path("./data/orders.db")
+    database_url: SecretStr | None = None
+    db_pool_size: int = Field(10, ge=1, le=1000)
     seed_demo_data: bool = True
     db_busy_timeout_ms: int = Field(5000, ge=0, le=600_000)
 
@@ -159,6 +167,7 @@ class Settings(BaseSettings):
         "sender_password",
         "client_token_secret",
         "public_chat",
+        "database_url",
         mode="before",
     )
     @classmethod
@@ -170,6 +179,13 @@ class Settings(BaseSettings):
     def _secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes (HS256 keys shorter than the hash are guessable)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not is_postgres_url(value.get_secret_value()):
+            raise ValueError("must be a PostgreSQL URL: postgresql://user:password@host:port/database")
         return value
 
     @field_validator("frame_ancestors")
@@ -195,6 +211,15 @@ class Settings(BaseSettings):
         return value
 
     # Derived views -----------------------------------------------------------------
+
+    @property
+    def database_label(self) -> str:
+        """Where orders live, fit for logs: the file, or the PostgreSQL server without credentials."""
+        if self.database_url is None:
+            return str(self.order_db_path)
+        parts = urlsplit(self.database_url.get_secret_value())
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
     @property
     def start_warnings(self) -> list[str]:

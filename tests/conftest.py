@@ -13,6 +13,7 @@ from quart.typing import TestClientProtocol
 from msev15 import create_app
 from msev15.settings import Settings, load_settings
 from msev15.web.services import EXTENSION_KEY, Services
+from tests.engines import ENGINES, Engine, make_engine
 from tests.openai_server import ScriptedOpenAI, running_openai_server
 from tests.postgres_server import PostgresServer
 
@@ -43,10 +44,9 @@ async def order_status(app: Quart, order_id: str, tenant: str = "default") -> st
     found: Services = app.extensions[EXTENSION_KEY]
     assert found.orders is not None
     async with found.orders.reading() as db:
-        cursor = await db.execute(
+        row = await db.fetchone(
             "SELECT status FROM orders WHERE tenant_id = ? AND id = ?", (tenant, order_id)
         )
-        row = await cursor.fetchone()
     return str(row[0]) if row else "absent"
 
 
@@ -125,3 +125,9 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    """The test's database on SQLite, then on PostgreSQL (tests/engines.py)."""
+    return make_engine(request, tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from quart.typing import TestClientProtocol
 from msev15 import create_app
 from msev15.web.services import EXTENSION_KEY, Services
 from tests.conftest import MakeModelSettings, order_status
+from tests.engines import Engine
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.test_api import assert_error, sse_events
 
@@ -236,9 +238,20 @@ async def test_confirmation_off_runs_at_once(
         assert await order_status(app, "ORD-1001") == "cancelled"
 
 
+@pytest.fixture
+async def audit_client(
+    make_model_settings: MakeModelSettings, engine: Engine
+) -> AsyncIterator[TestClientProtocol]:
+    """A client of an app whose audit log is on the engine under test (SQLite, then PostgreSQL)."""
+    app = create_app(make_model_settings(**await engine.settings_overrides()))
+    async with app.test_app() as test_app:
+        yield test_app.test_client()
+
+
 async def test_audit_is_tenant_scoped_paginated_and_scrubbed(
-    model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+    audit_client: TestClientProtocol, openai_server: ScriptedOpenAI
 ) -> None:
+    model_client = audit_client
     for i in range(3):
         openai_server.push(Reply.call("get_current_time"), Reply.say("ok"))
         await model_client.post("/api/v1/chat", json={"session_id": f"p{i}", "message": "time"})
@@ -254,8 +267,9 @@ async def test_audit_is_tenant_scoped_paginated_and_scrubbed(
 
 
 async def test_audit_never_holds_email_bodies(
-    model_client: TestClientProtocol, openai_server: ScriptedOpenAI
+    audit_client: TestClientProtocol, openai_server: ScriptedOpenAI
 ) -> None:
+    model_client = audit_client
     mail = {"to": "alice@example.com", "subject": "Hi", "body": "private words"}
     openai_server.push(Reply.call("send_email", mail))
     body = await (

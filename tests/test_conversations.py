@@ -144,10 +144,8 @@ async def orders_now(app: Quart, order_ids: list[str]) -> dict[str, dict[str, An
     found: dict[str, dict[str, Any] | None] = {}
     async with services.orders.reading() as db:
         for order_id in order_ids:
-            async with db.execute(_ORDER, (order_id,)) as cursor:
-                row = await cursor.fetchone()
-            async with db.execute(_ITEMS, (order_id,)) as cursor:
-                items = [[r[0], r[1]] for r in await cursor.fetchall()]
+            row = await db.fetchone(_ORDER, (order_id,))
+            items = [[r[0], r[1]] for r in await db.fetchall(_ITEMS, (order_id,))]
             found[order_id] = None
             if row is not None:
                 found[order_id] = {
@@ -161,11 +159,9 @@ async def orders_now(app: Quart, order_ids: list[str]) -> dict[str, dict[str, An
 async def mails_now(app: Quart) -> list[dict[str, str]]:
     services: Services = app.extensions[EXTENSION_KEY]
     assert services.orders is not None
-    async with (
-        services.orders.reading() as db,
-        db.execute("SELECT recipient, subject FROM outbox ORDER BY created_at, rowid") as cursor,
-    ):
-        return [{"to": r[0], "subject": r[1]} for r in await cursor.fetchall()]
+    async with services.orders.reading() as db:
+        rows = await db.fetchall("SELECT recipient, subject FROM outbox ORDER BY created_at, rowid")
+    return [{"to": r[0], "subject": r[1]} for r in rows]
 
 
 @pytest.fixture

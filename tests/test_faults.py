@@ -54,7 +54,7 @@ async def test_locked_database_gives_a_bounded_busy_refusal_then_works(tmp_path:
     tools.register_all(order_tools(repo))
     ctx = ToolContext("default", "s", "r")
     try:
-        with write_locked(repo.path):
+        with write_locked(tmp_path / "orders.db"):
             started = time.monotonic()
             result = await tools.call("cancel_order", CANCEL, ctx)
             waited = time.monotonic() - started

@@ -132,8 +132,8 @@ async def test_a_refused_return_mails_nothing(repo: OrderRepository, settings: S
     tools = tools_for(Mailer(repo, settings), repo)
     refused = await call(tools, "request_return", {"order_id": "ORD-1001", "customer_email": ALICE})
     assert not refused.ok  # pending: not delivered yet
-    async with repo.reading() as db, db.execute("SELECT count(*) FROM outbox") as cursor:
-        row = await cursor.fetchone()
+    async with repo.reading() as db:
+        row = await db.fetchone("SELECT count(*) FROM outbox")
     assert row is not None and row[0] == 0
     assert not settings.outbox_dir.exists()
 
@@ -155,8 +155,8 @@ async def test_after_an_smtp_outage_the_delivered_mail_is_the_queued_one(
     for mail_id in (confirmation["mail_id"], label["mail_id"]):
         row = await mailer.get(mail_id)
         assert row is not None and row["status"] == "queued" and row["last_error"]
-    async with repo.reading() as db, db.execute("SELECT id, raw FROM outbox") as cursor:
-        queued = {row["id"]: bytes(row["raw"]) for row in await cursor.fetchall()}
+    async with repo.reading() as db:
+        queued = {row["id"]: bytes(row["raw"]) for row in await db.fetchall("SELECT id, raw FROM outbox")}
 
     async with running_smtp_server(port=port) as server:
         await mailer.start()
@@ -223,8 +223,8 @@ async def test_an_existing_database_is_migrated_with_the_demo_return_address(tmp
         assert await repo.shop("default") == (DEMO_SHOP.name, DEMO_SHOP.return_address)
         assert await repo.shop("acme") == ("Acme", "")
         assert await repo.shop("nobody") == ("nobody", "")
-        async with repo.reading() as db, db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
+        async with repo.reading() as db:
+            row = await db.fetchone("PRAGMA user_version")
         assert row is not None and row[0] == SCHEMA_VERSION == 3
     finally:
         await repo.close()

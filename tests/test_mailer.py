@@ -20,9 +20,11 @@ from msev15.mail.render import render_message
 from msev15.mail.sender import Mailer, recipient_allowed
 from msev15.settings import Settings
 from msev15.stores.orders import OrderRepository
+from msev15.stores.sql import fetchval
 from msev15.tools.mail import mail_tools
 from msev15.tools.registry import ToolRegistry
 from tests.conftest import MakeModelSettings, make_settings
+from tests.engines import Engine
 from tests.helpers import free_port
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.smtp_server import RecordingSMTP, running_smtp_server
@@ -38,8 +40,8 @@ async def smtp() -> AsyncIterator[RecordingSMTP]:
 
 
 @pytest.fixture
-async def repo(tmp_path: Path) -> AsyncIterator[OrderRepository]:
-    opened = await OrderRepository.open(tmp_path / "orders.db", seed=True)
+async def repo(engine: Engine) -> AsyncIterator[OrderRepository]:
+    opened = await engine.open(seed=True)
     yield opened
     await opened.close()
 
@@ -112,8 +114,10 @@ async def test_send_email_only_to_customers_of_this_tenant_or_allowed(
     assert not stranger.ok and "stranger@example.net is neither" in (stranger.error or "")
     # alice is a customer of the demo shop, not of acme.
     assert not (await call(tools, "send_email", {"to": ALICE, **message}, "acme")).ok
-    async with repo.reading() as db, db.execute("SELECT recipient FROM outbox ORDER BY created_at") as cursor:
-        recipients = sorted(row[0] for row in await cursor.fetchall())
+    async with repo.reading() as db:
+        recipients = sorted(
+            row[0] for row in await db.fetchall("SELECT recipient FROM outbox ORDER BY created_at")
+        )
     assert recipients == [ALICE, "lead@staff.example", "ops@shop.example"]
 
 
@@ -166,8 +170,8 @@ async def test_confirmation_needs_the_owning_email(outbox_mailer: Mailer, repo: 
         tools, "send_order_confirmation", {"order_id": "ORD-1001", "customer_email": ALICE}, "acme"
     )
     assert not other.ok
-    async with repo.reading() as db, db.execute("SELECT count(*) FROM outbox") as cursor:
-        assert (await cursor.fetchone())[0] == 0  # type: ignore[index]
+    async with repo.reading() as db:
+        assert await fetchval(db, "SELECT count(*) FROM outbox") == 0
 
 
 async def test_customer_text_is_escaped_in_html(
@@ -349,9 +353,11 @@ async def test_starttls_with_a_verified_certificate_then_login(
 
 
 async def test_app_reports_smtp_and_sends_confirmations(
-    make_model_settings: MakeModelSettings, smtp: RecordingSMTP, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings, smtp: RecordingSMTP, openai_server: ScriptedOpenAI, engine: Engine
 ) -> None:
-    settings = make_model_settings(**smtp_options(smtp.port), require_confirmation=False)
+    settings = make_model_settings(
+        **smtp_options(smtp.port), require_confirmation=False, **await engine.settings_overrides()
+    )
     openai_server.push(
         Reply.call("send_order_confirmation", {"order_id": "ORD-1001", "customer_email": ALICE}),
         Reply.say("sent"),
@@ -369,8 +375,8 @@ async def test_app_reports_smtp_and_sends_confirmations(
         assert mail.message["Subject"] == "Your order ORD-1001"
 
 
-async def test_unreachable_smtp_only_degrades_readiness(tmp_path: Path) -> None:
-    app = create_app(smtp_settings(tmp_path, free_port()))
+async def test_unreachable_smtp_only_degrades_readiness(tmp_path: Path, engine: Engine) -> None:
+    app = create_app(smtp_settings(tmp_path, free_port(), **await engine.settings_overrides()))
     async with app.test_app() as test_app:
         response = await test_app.test_client().get("/health/readiness")
         body = await response.get_json()

@@ -802,11 +802,8 @@ async def test_follow_ups_refusals_and_the_confirmation_mail(direct_app: Quart) 
     assert "confirmation of order ORD-1001" in events[-1]["message"]
     repo = services(direct_app).orders
     assert repo is not None
-    async with (
-        repo.reading() as db,
-        db.execute("SELECT count(*) FROM outbox WHERE recipient = ?", (ALICE,)) as cur,
-    ):
-        row = await cur.fetchone()
+    async with repo.reading() as db:
+        row = await db.fetchone("SELECT count(*) FROM outbox WHERE recipient = ?", (ALICE,))
     assert row is not None and row[0] == 1
 
 

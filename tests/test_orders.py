@@ -1,4 +1,4 @@
-"""The order repository and the six order tools on real SQLite files: every rule of API.md's table."""
+"""The order repository and the six order tools: every rule of API.md's table, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from quart.typing import TestClientProtocol
 
 from msev15 import create_app
 from msev15.stores.demo_data import Product
+from msev15.stores.order_schema import PG_SCHEMA_VERSION
 from msev15.stores.orders import SCHEMA_VERSION, OrderError, OrderRepository
 from msev15.tools.orders import order_tools
 from msev15.tools.registry import ToolContext, ToolRegistry, ToolResult
-from tests.conftest import MakeModelSettings
+from tests.conftest import MakeModelSettings, make_settings
+from tests.engines import Engine
 from tests.openai_server import Reply, ScriptedOpenAI
 
 ALICE = "alice@example.com"
@@ -25,8 +27,8 @@ ACME = "acme"
 
 
 @pytest.fixture
-async def repo(tmp_path: Path) -> AsyncIterator[OrderRepository]:
-    opened = await OrderRepository.open(tmp_path / "orders.db", seed=True)
+async def repo(engine: Engine) -> AsyncIterator[OrderRepository]:
+    opened = await engine.open(seed=True)
     yield opened
     await opened.close()
 
@@ -59,10 +61,15 @@ async def status(repo: OrderRepository, order_id: str, email: str = ALICE, tenan
 
 
 async def scalar(repo: OrderRepository, sql: str, *params: Any) -> Any:
-    async with repo.reading() as db, db.execute(sql, params) as cursor:
-        row = await cursor.fetchone()
+    async with repo.reading() as db:
+        row = await db.fetchone(sql, params)
     assert row is not None
     return row[0]
+
+
+async def rows(repo: OrderRepository, sql: str, *params: Any) -> list[Any]:
+    async with repo.reading() as db:
+        return await db.fetchall(sql, params)
 
 
 async def add_acme(repo: OrderRepository) -> None:
@@ -74,21 +81,29 @@ async def add_acme(repo: OrderRepository) -> None:
 
 
 async def test_schema_is_migrated_with_wal_foreign_keys_and_the_shared_product_columns(
-    repo: OrderRepository,
+    repo: OrderRepository, engine: Engine
 ) -> None:
-    assert await scalar(repo, "PRAGMA user_version") == SCHEMA_VERSION
-    assert await scalar(repo, "PRAGMA journal_mode") == "wal"
-    assert await scalar(repo, "PRAGMA foreign_keys") == 1
-    assert 0 < await scalar(repo, "PRAGMA busy_timeout") <= 10_000
-    async with repo.reading() as db, db.execute("PRAGMA table_info(products)") as cursor:
-        columns = [row["name"] for row in await cursor.fetchall()]
+    if engine.postgres:
+        assert await repo.schema_version() == PG_SCHEMA_VERSION
+        columns = [
+            row[0]
+            for row in await rows(
+                repo,
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'products'"
+                " ORDER BY ordinal_position",
+            )
+        ]
+        indexes = {row[0] for row in await rows(repo, "SELECT indexname FROM pg_indexes")}
+        assert "audit_tenant_session_id" in indexes  # the audit log comes with the same migrations
+    else:
+        assert await repo.schema_version() == SCHEMA_VERSION
+        assert await scalar(repo, "PRAGMA journal_mode") == "wal"
+        assert await scalar(repo, "PRAGMA foreign_keys") == 1
+        assert 0 < await scalar(repo, "PRAGMA busy_timeout") <= 10_000
+        columns = [row["name"] for row in await rows(repo, "PRAGMA table_info(products)")]
+        indexes = {row[0] for row in await rows(repo, "SELECT name FROM sqlite_master WHERE type='index'")}
     # The bundled MCP server reads the catalog with exactly these names.
     assert columns == ["tenant_id", "sku", "name", "description", "category", "price_cents", "stock"]
-    async with (
-        repo.reading() as db,
-        db.execute("SELECT name FROM sqlite_master WHERE type='index'") as cursor,
-    ):
-        indexes = {row[0] for row in await cursor.fetchall()}
     assert {"orders_by_customer", "order_items_by_sku", "outbox_due"} <= indexes
 
 
@@ -105,17 +120,17 @@ async def test_demo_data_is_as_api_md_says(registry: ToolRegistry, repo: OrderRe
     assert order["customer_name"] == "Alice Martin"
     assert await status(repo, "ORD-1004", BOB) == "processing"
     assert await scalar(repo, "SELECT count(*) FROM products WHERE tenant_id = 'default'") >= 20
-    assert await scalar(repo, "SELECT count(*) FROM products WHERE name LIKE '%noise cancelling%'") == 1
+    noise_cancelling = "SELECT count(*) FROM products WHERE lower(name) LIKE '%noise cancelling%'"
+    assert await scalar(repo, noise_cancelling) == 1
     assert await scalar(repo, "SELECT min(price_cents) FROM products") > 0
 
 
-async def test_seeding_is_idempotent_and_never_resets_changed_data(tmp_path: Path) -> None:
-    path = tmp_path / "orders.db"
-    first = await OrderRepository.open(path, seed=True)
+async def test_seeding_is_idempotent_and_never_resets_changed_data(engine: Engine) -> None:
+    first = await engine.open(seed=True)
     counts = [await scalar(first, f"SELECT count(*) FROM {t}") for t in ("products", "orders", "customers")]
     await first.cancel_order("default", "ORD-1001", ALICE, "")
     await first.close()
-    again = await OrderRepository.open(path, seed=True)
+    again = await engine.open(seed=True)
     try:
         assert [
             await scalar(again, f"SELECT count(*) FROM {t}") for t in ("products", "orders", "customers")
@@ -125,8 +140,9 @@ async def test_seeding_is_idempotent_and_never_resets_changed_data(tmp_path: Pat
         await again.close()
 
 
-async def test_without_seed_a_new_database_is_empty(tmp_path: Path) -> None:
-    empty = await OrderRepository.open(tmp_path / "sub" / "orders.db", seed=False)
+async def test_without_seed_a_new_database_is_empty(engine: Engine) -> None:
+    engine.tmp_path = engine.tmp_path / "sub"  # SQLite: the folder is made too
+    empty = await engine.open(seed=False)
     try:
         for table in ("tenants", "customers", "products", "orders", "order_items"):
             assert await scalar(empty, f"SELECT count(*) FROM {table}") == 0
@@ -135,13 +151,16 @@ async def test_without_seed_a_new_database_is_empty(tmp_path: Path) -> None:
         await empty.close()
 
 
-async def test_a_database_from_newer_code_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "orders.db"
-    repo = await OrderRepository.open(path, seed=False)
-    await repo.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+async def test_a_database_from_newer_code_is_refused(engine: Engine) -> None:
+    repo = await engine.open(seed=False)
+    async with repo.transaction() as db:
+        if engine.postgres:
+            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (PG_SCHEMA_VERSION + 1,))
+        else:
+            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     await repo.close()
     with pytest.raises(RuntimeError, match="newer"):
-        await OrderRepository.open(path, seed=False)
+        await engine.open(seed=False)
 
 
 # Tool surface ---------------------------------------------------------------------------------
@@ -454,9 +473,9 @@ async def test_a_cancelled_order_cannot_be_returned(registry: ToolRegistry, repo
 
 
 async def test_a_model_tool_call_over_http_cancels_the_order(
-    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, engine: Engine
 ) -> None:
-    settings = make_model_settings(require_confirmation=False)
+    settings = make_model_settings(require_confirmation=False, **await engine.settings_overrides())
     openai_server.push(
         Reply.call(
             "cancel_order", {"order_id": "ORD-1001", "customer_email": ALICE, "reason": "changed my mind"}
@@ -481,8 +500,10 @@ async def test_a_model_tool_call_over_http_cancels_the_order(
     assert tool_message["role"] == "tool" and '"cancelled"' in tool_message["content"]
 
 
-async def test_readiness_reports_the_database_and_outbox_mode(client: TestClientProtocol) -> None:
-    response = await client.get("/health/readiness")
+async def test_readiness_reports_the_database_and_outbox_mode(engine: Engine, tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, **await engine.settings_overrides()))
+    async with app.test_app() as test_app:
+        response = await test_app.test_client().get("/health/readiness")
     body = await response.get_json()
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["smtp"] == "outbox only"

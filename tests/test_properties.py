@@ -202,18 +202,14 @@ order_ops = st.lists(
 async def _snapshot(repo: OrderRepository) -> dict[str, Any]:
     """Every order, line and stock level of every tenant, straight from the tables."""
     async with repo.reading() as db:
-        async with db.execute(
-            "SELECT tenant_id, id, customer_email, status, shipping_address FROM orders"
-        ) as c:
-            orders = {(r[0], r[1]): (r[2], r[3], r[4]) for r in await c.fetchall()}
-        async with db.execute(
+        rows = await db.fetchall("SELECT tenant_id, id, customer_email, status, shipping_address FROM orders")
+        orders = {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
+        items: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        for r in await db.fetchall(
             "SELECT tenant_id, order_id, sku, quantity FROM order_items ORDER BY line_no"
-        ) as c:
-            items: dict[tuple[str, str], list[tuple[str, int]]] = {}
-            for r in await c.fetchall():
-                items.setdefault((r[0], r[1]), []).append((r[2], r[3]))
-        async with db.execute("SELECT tenant_id, sku, stock FROM products") as c:
-            stock = {(r[0], r[1]): r[2] for r in await c.fetchall()}
+        ):
+            items.setdefault((r[0], r[1]), []).append((r[2], r[3]))
+        stock = {(r[0], r[1]): r[2] for r in await db.fetchall("SELECT tenant_id, sku, stock FROM products")}
     return {"orders": orders, "items": items, "stock": stock}
 
 

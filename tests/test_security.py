@@ -174,8 +174,7 @@ async def test_model_cannot_email_a_stranger(unconfirmed: Quart, openai_server: 
     found: Services = unconfirmed.extensions[EXTENSION_KEY]
     assert found.orders is not None
     async with found.orders.reading() as db:
-        cursor = await db.execute("SELECT count(*) FROM outbox")
-        row = await cursor.fetchone()
+        row = await db.fetchone("SELECT count(*) FROM outbox")
     assert row is not None and row[0] == 0
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -27,9 +27,12 @@ from msev15.mail.render import Rendered, Shop
 from msev15.settings import Settings
 from msev15.stores.order_schema import now_iso
 from msev15.stores.orders import OrderRepository
+from msev15.stores.sql import fetchval, row_dict
 from msev15.tracing import SpanKind, span
 
 log = logging.getLogger(__name__)
+
+_PASS = 100  # mails one pass of the sender claims at most, then it looks at the clock again
 
 
 def recipient_allowed(address: str, patterns: list[str]) -> bool:
@@ -171,19 +174,17 @@ class Mailer:
     async def get(self, mail_id: str) -> dict[str, Any] | None:
         """One outbox row (for diagnostics and tests)."""
         async with self.repo.reading() as db:
-            async with db.execute(
+            row = await db.fetchone(
                 "SELECT id, tenant_id, message_id, recipient, subject, status, attempts, last_error,"
                 " created_at, delivered_at FROM outbox WHERE id = ?",
                 (mail_id,),
-            ) as cursor:
-                row = await cursor.fetchone()
-        return dict(row) if row else None
+            )
+        return row_dict(row) if row else None
 
     async def counts(self) -> dict[str, int]:
         """Mails in the outbox by status, across tenants (the metrics' backlog)."""
         async with self.repo.reading() as db:
-            async with db.execute("SELECT status, count(*) FROM outbox GROUP BY status") as cursor:
-                rows = await cursor.fetchall()
+            rows = await db.fetchall("SELECT status, count(*) FROM outbox GROUP BY status")
         return {str(row[0]): int(row[1]) for row in rows}
 
     def _build(self, mail_id: str, to: str, content: Rendered) -> EmailMessage:
@@ -211,13 +212,7 @@ class Mailer:
         """One pass over the due mails; returns seconds until the next retry is due (None: none)."""
         client: aiosmtplib.SMTP | None = None
         try:
-            for mail_id in await self._due_ids():
-                if self._stopping:
-                    break
-                claimed = await self._claim(mail_id)
-                if claimed is None:
-                    continue
-                recipient, raw, attempts = claimed
+            async for mail_id, recipient, raw, attempts in self._claims():
                 try:
                     with span("smtp send", self._smtp_span, SpanKind.CLIENT):
                         if client is None or not client.is_connected:
@@ -269,30 +264,64 @@ class Mailer:
             await client.login(self.settings.sender_email, password.get_secret_value())
         return client
 
+    async def _claims(self) -> AsyncIterator[tuple[str, str, bytes, int]]:
+        """The due mails, each claimed for one attempt (a lease) just before it is sent.
+
+        A claimed row's next attempt moves a lease ahead: no other sender (or instance) takes it
+        meanwhile, and if this instance dies mid-send the row simply falls due again after the lease.
+        """
+        if self.repo.dialect == "postgresql":
+            for _ in range(_PASS):
+                if self._stopping:
+                    return
+                claimed = await self._claim_next()
+                if claimed is None:
+                    return
+                yield claimed
+            return
+        for mail_id in await self._due_ids():
+            if self._stopping:
+                return
+            found = await self._claim(mail_id)
+            if found is not None:
+                yield (mail_id, *found)
+
+    async def _claim_next(self) -> tuple[str, str, bytes, int] | None:
+        """PostgreSQL: the oldest due row nobody holds, in one statement (SKIP LOCKED never waits)."""
+        now = self.clock()
+        async with self.repo.transaction() as db:
+            row = await db.fetchone(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ? WHERE id = ("
+                " SELECT id FROM outbox WHERE status = 'queued' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+                ") RETURNING id, recipient, raw, attempts",
+                (now + self.lease, now),
+            )
+        if row is None:
+            return None
+        return str(row["id"]), str(row["recipient"]), bytes(row["raw"]), int(row["attempts"])
+
     async def _due_ids(self) -> list[str]:
         async with self.repo.reading() as db:
-            async with db.execute(
+            rows = await db.fetchall(
                 "SELECT id FROM outbox WHERE status = 'queued' AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at LIMIT 100",
                 (self.clock(),),
-            ) as cursor:
-                return [row[0] for row in await cursor.fetchall()]
+            )
+        return [row[0] for row in rows]
 
     async def _claim(self, mail_id: str) -> tuple[str, bytes, int] | None:
-        """Take the row for one attempt; a row somebody else holds or delivered is skipped."""
+        """SQLite: take the row for one attempt; a row somebody else holds or delivered is skipped."""
         now = self.clock()
         async with self.repo.transaction() as db:
-            cursor = await db.execute(
+            changed = await db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?"
                 " WHERE id = ? AND status = 'queued' AND next_attempt_at <= ?",
                 (now + self.lease, mail_id, now),
             )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 return None
-            async with db.execute(
-                "SELECT recipient, raw, attempts FROM outbox WHERE id = ?", (mail_id,)
-            ) as rows:
-                row = await rows.fetchone()
+            row = await db.fetchone("SELECT recipient, raw, attempts FROM outbox WHERE id = ?", (mail_id,))
         assert row is not None
         return row["recipient"], bytes(row["raw"]), int(row["attempts"])
 
@@ -323,13 +352,10 @@ class Mailer:
 
     async def _next_due_in(self) -> float | None:
         async with self.repo.reading() as db:
-            async with db.execute(
-                "SELECT min(next_attempt_at) FROM outbox WHERE status = 'queued'"
-            ) as cursor:
-                row = await cursor.fetchone()
-        if row is None or row[0] is None:
+            due = await fetchval(db, "SELECT min(next_attempt_at) FROM outbox WHERE status = 'queued'")
+        if due is None:
             return None
-        return max(0.0, float(row[0]) - self.clock())
+        return max(0.0, float(due) - self.clock())
 
 
 def _permanent(exc: Exception) -> bool:

@@ -1,17 +1,15 @@
-"""Per-tenant audit log of tool calls and approval decisions, in SQLite."""
+"""Per-tenant audit log of tool calls and approval decisions, in SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiosqlite
-
 from msev15.jsonio import dumps, iso, loads
-from msev15.stores import database as sqlitedb
+from msev15.stores.database import SqliteDatabase
+from msev15.stores.sql import Database
 
 
 class CallScope(Protocol):
@@ -75,29 +73,40 @@ def scrub(arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 class AuditLog:
-    """Append-only; every read is filtered by tenant."""
+    """Append-only; every read is filtered by tenant.
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-        self._write = asyncio.Lock()
+    On SQLite it has its own connection to the orders file (its schema here); on PostgreSQL it
+    shares the orders' pool and its table comes with the orders' migrations.
+    """
+
+    def __init__(self, database: Database, owned: bool) -> None:
+        self._database = database
+        self._owned = owned
 
     @classmethod
     async def open(cls, path: Path, busy_timeout_ms: int = 5000) -> AuditLog:
-        db = await sqlitedb.connect(path, busy_timeout_ms)
+        database = await SqliteDatabase.open(path, busy_timeout_ms)
         try:
-            await db.executescript(_SCHEMA)
-            await _add_user_column(db)
+            await database.db.executescript(_SCHEMA)
+            await _add_user_column(database)
         except BaseException:
-            await db.close()
+            await database.close()
             raise
-        return cls(db)
+        return cls(database, owned=True)
+
+    @classmethod
+    def on(cls, database: Database) -> AuditLog:
+        """The log in an already migrated shared database (PostgreSQL), which its owner closes."""
+        return cls(database, owned=False)
 
     async def close(self) -> None:
-        await self._db.close()
+        if self._owned:
+            await self._database.close()
 
     async def _insert(self, ctx: CallScope, tool: str, arguments: dict[str, Any], **fields: Any) -> None:
-        async with self._write:
-            await self._db.execute(
+        ok = fields.get("ok")
+        async with self._database.reading() as db:
+            await db.execute(
                 "INSERT INTO audit_events (tenant_id, session_id, request_id, at, tool, arguments, ok, error,"
                 " duration_ms, decision, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -107,14 +116,13 @@ class AuditLog:
                     time.time(),
                     tool,
                     dumps(scrub(arguments)),
-                    fields.get("ok"),
+                    None if ok is None else int(ok),
                     fields.get("error"),
                     fields.get("duration_ms"),
                     fields.get("decision"),
                     ctx.user_id,
                 ),
             )
-            await self._db.commit()
 
     async def tool_called(
         self, ctx: CallScope, name: str, arguments: dict[str, Any], result: CallOutcome
@@ -149,8 +157,8 @@ class AuditLog:
             params.append(before)
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(limit + 1)
-        async with self._db.execute(sql, params) as cursor:
-            rows = list(await cursor.fetchall())
+        async with self._database.reading() as db:
+            rows = await db.fetchall(sql, params)
         more = len(rows) > limit
         rows = rows[:limit]
         events = []
@@ -174,18 +182,16 @@ class AuditLog:
         return events, (rows[-1][0] if more else None)
 
     async def check(self) -> str:
-        async with self._db.execute("SELECT 1") as cursor:
-            await cursor.fetchone()
-        return "ok"
+        return await self._database.check()
 
 
-async def _add_user_column(db: aiosqlite.Connection) -> None:
+async def _add_user_column(database: SqliteDatabase) -> None:
     """Rows written before end users existed keep a NULL user; a worker losing the race goes on."""
-    async with db.execute("PRAGMA table_info(audit_events)") as cursor:
-        if "user_id" in {row[1] for row in await cursor.fetchall()}:
+    async with database.reading() as db:
+        if "user_id" in {row[1] for row in await db.fetchall("PRAGMA table_info(audit_events)")}:
             return
     try:
-        await db.execute("ALTER TABLE audit_events ADD COLUMN user_id TEXT")
+        await database.db.execute("ALTER TABLE audit_events ADD COLUMN user_id TEXT")
     except sqlite3.OperationalError as exc:
         if "duplicate column" not in str(exc).lower():
             raise

@@ -27,6 +27,13 @@ class DatabaseBusy(OrderError):
         super().__init__("the order database is busy, please try again")
 
 
+class DatabaseUnavailable(OrderError):
+    """The database server cannot be reached right now; the service recovers when it returns."""
+
+    def __init__(self) -> None:
+        super().__init__("the order database is unavailable right now, please try again in a moment")
+
+
 def not_found(order_id: str) -> OrderError:
     # The same words whether the order is absent, another customer's or another tenant's.
     return OrderError(f"I could not find order {order_id} for that email")

@@ -1,22 +1,23 @@
-"""The order repository: one aiosqlite connection, versioned schema, every rule in one transaction."""
+"""The order repository: every rule in one transaction, on SQLite or PostgreSQL (stores/sql.py).
+
+On SQLite a write transaction is taken before reading (`BEGIN IMMEDIATE`); on PostgreSQL the rows
+a change reads are locked as it reads them (`SELECT ... FOR UPDATE`), so check-then-change
+cannot race between instances either.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from msev15.stores import database as sqlitedb
+from msev15.stores.database import SqliteDatabase
 from msev15.stores.demo_data import Product
 from msev15.stores.order_rules import (
     CHANGE_RULES,
-    DatabaseBusy,
     OrderError,
     may_cancel,
     may_change_address,
@@ -28,13 +29,16 @@ from msev15.stores.order_rules import (
 from msev15.stores.order_schema import (
     INSERT_ITEM,
     MIGRATIONS,
+    PG_MIGRATION_LOCK,
+    PG_MIGRATIONS,
+    PG_SCHEMA_VERSION,
     SCHEMA_VERSION,
     ensure_tenant,
     insert_products,
     now_iso,
     seed_demo_data,
 )
-from msev15.tracing import span
+from msev15.stores.sql import Database, Sql, fetchval, row_dict
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +46,6 @@ STATUSES = ("pending", "processing", "shipped", "delivered", "cancelled", "retur
 BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
 ORDER_PREFIX = "ORD-"
 FIRST_ORDER_NUMBER = 1001
-
-
-_DB_SPAN = {"db.system.name": "sqlite", "db.namespace": "orders"}  # never the statement's values
 
 
 def money(cents: int) -> str:
@@ -55,78 +56,91 @@ def money(cents: int) -> str:
 class OrderRepository:
     """Orders, customers and products of every tenant; every call is filtered by tenant."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self.db = db
-        self.path = path
-        # One connection: its writes and reads are serialised so nobody sees a half-done change.
-        self.lock = asyncio.Lock()
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     @classmethod
     async def open(cls, path: Path, seed: bool, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> OrderRepository:
-        """Connect, migrate to the current schema, and fill a brand-new database with demo data."""
-        path = Path(path)
-        db = await sqlitedb.connect(path, busy_timeout_ms)
+        """Connect to a SQLite file, migrate to the current schema, fill a brand-new one with demo data."""
+        database = await SqliteDatabase.open(Path(path), busy_timeout_ms)
         try:
-            db.row_factory = aiosqlite.Row
-            await db.execute("PRAGMA foreign_keys = ON")
-            repo = cls(db, path)
-            await repo._migrate(seed)
+            await database.db.execute("PRAGMA foreign_keys = ON")
+            return await cls.on(database, seed)
         except BaseException:
-            await db.close()
+            await database.close()
             raise
+
+    @classmethod
+    async def on(cls, database: Database, seed: bool) -> OrderRepository:
+        """The repository on an open database (SQLite or PostgreSQL), migrated (and seeded when new)."""
+        repo = cls(database)
+        if database.dialect == "postgresql":
+            await repo._migrate_postgres(seed)
+        else:
+            await repo._migrate_sqlite(seed)
         return repo
 
+    @property
+    def dialect(self) -> str:
+        return self.database.dialect
+
     async def close(self) -> None:
-        async with self.lock:
-            await self.db.close()
+        await self.database.close()
 
     async def check(self) -> str:
-        """Readiness: a real query through the shared connection."""
-        async with self.lock:
-            async with self.db.execute("SELECT count(*) FROM tenants") as cursor:
-                await cursor.fetchone()
-        return "ok"
+        """Readiness: a real query through the shared connection (or pool)."""
+        return await self.database.check()
 
-    # Transactions ---------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    def transaction(self) -> AbstractAsyncContextManager[Sql]:
         """One write transaction: taken before reading, so check-then-change cannot race."""
-        async with self.lock:
-            with span("sqlite transaction", _DB_SPAN), _busy_is_refusal():
-                await self.db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self.db
-                    await self.db.commit()
-                except BaseException:
-                    if self.db.in_transaction:  # a failed COMMIT must not leave the transaction open
-                        await self.db.rollback()
-                    raise
+        return self.database.transaction()
 
-    @contextlib.asynccontextmanager
-    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Reads wait for a running write so they never see its uncommitted half."""
-        async with self.lock:
-            with span("sqlite read", _DB_SPAN), _busy_is_refusal():
-                yield self.db
+    def reading(self) -> AbstractAsyncContextManager[Sql]:
+        """Reads that never see a write's uncommitted half."""
+        return self.database.reading()
 
-    async def _migrate(self, seed: bool) -> None:
+    async def _migrate_sqlite(self, seed: bool) -> None:
         async with self.transaction() as db:
-            async with db.execute("PRAGMA user_version") as cursor:
-                row = await cursor.fetchone()
-            version = int(row[0]) if row else 0
+            version = int(await fetchval(db, "PRAGMA user_version") or 0)
             if version > SCHEMA_VERSION:
                 raise RuntimeError(
-                    f"{self.path} has schema version {version}, newer than this code ({SCHEMA_VERSION})"
+                    f"{self.database.describe()} has schema version {version},"
+                    f" newer than this code ({SCHEMA_VERSION})"
                 )
             for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in statements:
                     await db.execute(statement)
                 await db.execute(f"PRAGMA user_version = {number}")
-                log.info("orders database %s migrated to version %d", self.path, number)
+                log.info("orders database %s migrated to version %d", self.database.describe(), number)
             if version == 0 and seed:
                 await seed_demo_data(db)
-                log.info("orders database %s filled with demo data", self.path)
+                log.info("orders database %s filled with demo data", self.database.describe())
+
+    async def _migrate_postgres(self, seed: bool) -> None:
+        """Under an advisory lock: instances starting at once on an empty database take turns."""
+        async with self.transaction() as db:
+            await db.execute("SELECT pg_advisory_xact_lock(?)", (PG_MIGRATION_LOCK,))
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = int(await fetchval(db, "SELECT coalesce(max(version), 0) FROM schema_version"))
+            if version > PG_SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.database.describe()} has schema version {version},"
+                    f" newer than this code ({PG_SCHEMA_VERSION})"
+                )
+            for number, statements in enumerate(PG_MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    await db.execute(statement)
+                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+                log.info("orders database %s migrated to version %d", self.database.describe(), number)
+            if version == 0 and seed:
+                await seed_demo_data(db)
+                log.info("orders database %s filled with demo data", self.database.describe())
+
+    async def schema_version(self) -> int:
+        async with self.reading() as db:
+            if db.dialect == "postgresql":
+                return int(await fetchval(db, "SELECT max(version) FROM schema_version"))
+            return int(await fetchval(db, "PRAGMA user_version"))
 
     # Set-up helpers (seeding, tests, admin scripts) -------------------------------------
 
@@ -137,10 +151,7 @@ class OrderRepository:
     async def shop(self, tenant_id: str) -> tuple[str, str]:
         """The tenant's shop name and return address (the tenant id and "" when it has no row)."""
         async with self.reading() as db:
-            async with db.execute(
-                "SELECT name, return_address FROM tenants WHERE id = ?", (tenant_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
+            row = await db.fetchone("SELECT name, return_address FROM tenants WHERE id = ?", (tenant_id,))
         return (str(row["name"]), str(row["return_address"])) if row else (tenant_id, "")
 
     async def add_products(self, tenant_id: str, products: Iterable[Product]) -> None:
@@ -153,50 +164,48 @@ class OrderRepository:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         async with self.transaction() as db:
-            cursor = await db.execute(
+            changed = await db.execute(
                 "UPDATE orders SET status = ?, updated_at = ? WHERE tenant_id = ? AND id = ?",
                 (status, now_iso(), tenant_id, order_id),
             )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 raise OrderError(f"there is no order {order_id}")
 
     # Queries ------------------------------------------------------------------------------
 
     async def product(self, tenant_id: str, sku: str) -> dict[str, Any] | None:
         async with self.reading() as db:
-            async with db.execute(
+            row = await db.fetchone(
                 "SELECT sku, name, description, category, price_cents, stock FROM products"
                 " WHERE tenant_id = ? AND sku = ?",
                 (tenant_id, sku),
-            ) as cursor:
-                row = await cursor.fetchone()
-        return dict(row) if row else None
+            )
+        return row_dict(row) if row else None
 
     async def is_customer(self, tenant_id: str, email: str) -> bool:
         async with self.reading() as db:
-            async with db.execute(
+            row = await db.fetchone(
                 "SELECT 1 FROM customers WHERE tenant_id = ? AND email = ?", (tenant_id, email.lower())
-            ) as cursor:
-                return await cursor.fetchone() is not None
+            )
+        return row is not None
 
     async def find_customer_orders(self, tenant_id: str, email: str) -> list[dict[str, Any]]:
         """Newest first, as summaries."""
         async with self.reading() as db:
-            async with db.execute(
+            rows = await db.fetchall(
                 "SELECT o.id, o.status, o.total_cents, o.created_at,"
                 " (SELECT coalesce(sum(quantity), 0) FROM order_items i"
                 "   WHERE i.tenant_id = o.tenant_id AND i.order_id = o.id) AS item_count"
                 " FROM orders o WHERE o.tenant_id = ? AND o.customer_email = ?"
                 " ORDER BY o.created_at DESC, o.id DESC",
                 (tenant_id, email.lower()),
-            ) as cursor:
-                rows = await cursor.fetchall()
+            )
         return [
             {
                 "order_id": r["id"],
                 "status": r["status"],
                 "total": money(r["total_cents"]),
-                "item_count": r["item_count"],
+                "item_count": int(r["item_count"]),
                 "created_at": r["created_at"],
             }
             for r in rows
@@ -220,10 +229,10 @@ class OrderRepository:
         wanted = merge_items(items)
         async with self.reading() as db:
             for sku, quantity in wanted.items():
-                async with db.execute(
+                product = await db.fetchone(
                     "SELECT name, stock FROM products WHERE tenant_id = ? AND sku = ?", (tenant_id, sku)
-                ) as cursor:
-                    require_stock(await cursor.fetchone(), sku, quantity)
+                )
+                require_stock(product, sku, quantity)
 
     # Mutations (each one transaction) ---------------------------------------------------
 
@@ -239,21 +248,32 @@ class OrderRepository:
         email = email.lower()
         wanted = merge_items(items)
         async with self.transaction() as db:
+            await ensure_tenant(db, tenant_id)
+            if db.dialect == "postgresql":
+                # The tenant's row serialises order numbers; the products are locked in one order
+                # (by sku, as cancel_order restores them) so two transactions never deadlock.
+                await db.execute("SELECT 1 FROM tenants WHERE id = ? FOR UPDATE", (tenant_id,))
+                await db.execute(
+                    "SELECT 1 FROM products WHERE tenant_id = ? AND sku = ANY(?) ORDER BY sku FOR UPDATE",
+                    (tenant_id, sorted(wanted)),
+                )
             lines: list[tuple[str, str, int, int]] = []
             for sku, quantity in wanted.items():
-                async with db.execute(
-                    "SELECT name, price_cents, stock FROM products WHERE tenant_id = ? AND sku = ?",
-                    (tenant_id, sku),
-                ) as cursor:
-                    product = require_stock(await cursor.fetchone(), sku, quantity)
-                cursor = await db.execute(
+                product = require_stock(
+                    await db.fetchone(
+                        "SELECT name, price_cents, stock FROM products WHERE tenant_id = ? AND sku = ?",
+                        (tenant_id, sku),
+                    ),
+                    sku,
+                    quantity,
+                )
+                changed = await db.execute(
                     "UPDATE products SET stock = stock - ? WHERE tenant_id = ? AND sku = ? AND stock >= ?",
                     (quantity, tenant_id, sku, quantity),
                 )
-                if cursor.rowcount != 1:  # belt and braces: the lock already rules this out
+                if changed != 1:  # belt and braces: the lock already rules this out
                     raise OrderError(f"{product['name']} ({sku}) just sold out")
                 lines.append((sku, product["name"], quantity, product["price_cents"]))
-            await ensure_tenant(db, tenant_id)
             await db.execute(
                 "INSERT INTO customers (tenant_id, email, name, created_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (tenant_id, email) DO NOTHING",
@@ -277,7 +297,7 @@ class OrderRepository:
         self, tenant_id: str, order_id: str, email: str, address: str
     ) -> dict[str, Any]:
         async with self.transaction() as db:
-            may_change_address(await _load_order(db, tenant_id, order_id, email))
+            may_change_address(await _load_order(db, tenant_id, order_id, email, lock=True))
             await db.execute(
                 "UPDATE orders SET shipping_address = ?, updated_at = ? WHERE tenant_id = ? AND id = ?"
                 " AND status IN ('pending', 'processing')",
@@ -288,25 +308,25 @@ class OrderRepository:
     async def cancel_order(self, tenant_id: str, order_id: str, email: str, reason: str) -> dict[str, Any]:
         """Cancel and put the items back in stock, in one transaction."""
         async with self.transaction() as db:
-            order = await _load_order(db, tenant_id, order_id, email)
+            order = await _load_order(db, tenant_id, order_id, email, lock=True)
             may_cancel(order)
             stamp = now_iso()
-            cursor = await db.execute(
+            changed = await db.execute(
                 "UPDATE orders SET status = 'cancelled', cancelled_at = ?, cancel_reason = ?, updated_at = ?"
                 " WHERE tenant_id = ? AND id = ? AND status IN ('pending', 'processing')",
                 (stamp, reason or None, stamp, tenant_id, order_id),
             )
-            if cursor.rowcount != 1:
+            if changed != 1:
                 raise OrderError(f"order {order_id} could not be cancelled; please try again")
             await db.executemany(
                 "UPDATE products SET stock = stock + ? WHERE tenant_id = ? AND sku = ?",
-                [(item["quantity"], tenant_id, item["sku"]) for item in order["items"]],
+                [(item["quantity"], tenant_id, item["sku"]) for item in sorted(order["items"], key=_sku)],
             )
             return await _load_order(db, tenant_id, order_id, email)
 
     async def request_return(self, tenant_id: str, order_id: str, email: str, reason: str) -> dict[str, Any]:
         async with self.transaction() as db:
-            may_return(await _load_order(db, tenant_id, order_id, email))
+            may_return(await _load_order(db, tenant_id, order_id, email, lock=True))
             stamp = now_iso()
             await db.execute(
                 "UPDATE orders SET status = 'return_requested', return_requested_at = ?, return_reason = ?,"
@@ -319,35 +339,28 @@ class OrderRepository:
 # Helpers that run inside a caller's transaction or read ---------------------------------
 
 
-@contextlib.contextmanager
-def _busy_is_refusal() -> Iterator[None]:
-    """A lock held elsewhere past the busy timeout is a plain refusal, not a crash of the tool."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            log.warning("order database busy: %s", exc)
-            raise DatabaseBusy() from exc
-        raise
+def _sku(item: dict[str, Any]) -> str:
+    return str(item["sku"])
 
 
-async def _load_order(db: aiosqlite.Connection, tenant_id: str, order_id: str, email: str) -> dict[str, Any]:
-    async with db.execute(
+async def _load_order(
+    db: Sql, tenant_id: str, order_id: str, email: str, *, lock: bool = False
+) -> dict[str, Any]:
+    """The order as the tools show it; `lock` holds its row (PostgreSQL) until the transaction ends."""
+    row = await db.fetchone(
         "SELECT o.*, c.name AS customer_name FROM orders o JOIN customers c"
         " ON c.tenant_id = o.tenant_id AND c.email = o.customer_email"
-        " WHERE o.tenant_id = ? AND o.id = ? AND o.customer_email = ?",
+        " WHERE o.tenant_id = ? AND o.id = ? AND o.customer_email = ?"
+        + (" FOR UPDATE OF o" if lock and db.dialect == "postgresql" else ""),
         (tenant_id, order_id, email.lower()),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     if row is None:
         raise not_found(order_id)
-    async with db.execute(
+    items = await db.fetchall(
         "SELECT sku, name, quantity, unit_price_cents FROM order_items"
         " WHERE tenant_id = ? AND order_id = ? ORDER BY line_no",
         (tenant_id, order_id),
-    ) as cursor:
-        items = await cursor.fetchall()
+    )
     order: dict[str, Any] = {
         "order_id": row["id"],
         "status": row["status"],
@@ -376,11 +389,12 @@ async def _load_order(db: aiosqlite.Connection, tenant_id: str, order_id: str, e
     return order
 
 
-async def _next_order_id(db: aiosqlite.Connection, tenant_id: str) -> str:
-    async with db.execute(
+async def _next_order_id(db: Sql, tenant_id: str) -> str:
+    last = await fetchval(
+        db,
         "SELECT max(CAST(substr(id, ?) AS INTEGER)) FROM orders WHERE tenant_id = ? AND id LIKE ?",
         (len(ORDER_PREFIX) + 1, tenant_id, ORDER_PREFIX + "%"),
-    ) as cursor:
-        row = await cursor.fetchone()
-    last = row[0] if row and row[0] is not None else FIRST_ORDER_NUMBER - 1
+    )
+    if last is None:
+        last = FIRST_ORDER_NUMBER - 1
     return f"{ORDER_PREFIX}{max(int(last) + 1, FIRST_ORDER_NUMBER)}"

@@ -140,17 +140,14 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
         stack.push_async_callback(sessions.close)
         tools = ToolRegistry(settings.tool_timeout_seconds, settings.tool_result_max_chars)
         tools.register_all(builtin_tools())
-        orders = await OrderRepository.open(
-            settings.order_db_path, seed=settings.seed_demo_data, busy_timeout_ms=settings.db_busy_timeout_ms
-        )
+        orders, audit = await open_orders_and_audit(settings)
         stack.push_async_callback(orders.close)
+        stack.push_async_callback(audit.close)
         mailer = Mailer(orders, settings)
         stack.push_async_callback(mailer.close)
         await mailer.start()
         tools.register_all(order_tools(orders, mailer))  # an approved return mails its label
         tools.register_all(mail_tools(mailer, orders))
-        audit = await AuditLog.open(settings.order_db_path, busy_timeout_ms=settings.db_busy_timeout_ms)
-        stack.push_async_callback(audit.close)
         tools.observers.append(audit)
         agent = Agent(
             model,
@@ -189,6 +186,34 @@ async def open_services(settings: Settings, overrides: Overrides) -> Services:
     except BaseException:
         await stack.aclose()
         raise
+
+
+async def open_orders_and_audit(settings: Settings) -> tuple[OrderRepository, AuditLog]:
+    """Orders, outbox and audit: in the SQLite file, or in PostgreSQL (one pool) with DATABASE_URL."""
+    if settings.database_url is None:
+        orders = await OrderRepository.open(
+            settings.order_db_path, seed=settings.seed_demo_data, busy_timeout_ms=settings.db_busy_timeout_ms
+        )
+        try:
+            audit = await AuditLog.open(settings.order_db_path, busy_timeout_ms=settings.db_busy_timeout_ms)
+        except BaseException:
+            await orders.close()
+            raise
+        return orders, audit
+    from msev15.stores.postgres import PostgresDatabase  # asyncpg loads only when it is used
+
+    database = await PostgresDatabase.open(
+        settings.database_url.get_secret_value(),
+        settings.db_pool_size,
+        settings.db_busy_timeout_ms / 1000,
+        label=settings.database_label,
+    )
+    try:
+        orders = await OrderRepository.on(database, seed=settings.seed_demo_data)
+    except BaseException:
+        await database.close()
+        raise
+    return orders, AuditLog.on(database)
 
 
 async def _purge_sessions(sessions: SessionStore, ttl: float) -> None:
