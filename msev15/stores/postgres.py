@@ -161,5 +161,7 @@ class PostgresDatabase:
         """Close gracefully (bounded), then cut whatever is still busy."""
         try:
             await asyncio.wait_for(self.pool.close(), timeout=10.0)
-        except (TimeoutError, *_UNAVAILABLE):
+        except TimeoutError:
+            self.pool.terminate()
+        except _UNAVAILABLE:
             self.pool.terminate()
