@@ -20,7 +20,7 @@ def _loaded_after(code: str) -> set[str]:
     return set(out.stdout.split())
 
 
-def test_the_app_and_its_tools_load_without_fpdf_or_redis() -> None:
+def test_the_app_and_its_tools_load_without_fpdf_redis_or_asyncpg() -> None:
     loaded = _loaded_after("import msev15, msev15.web.services, msev15.tools.orders, msev15.mail.render")
     assert "msev15.web.services" in loaded
-    assert not {"fpdf", "redis"} & loaded
+    assert not {"fpdf", "redis", "asyncpg"} & loaded
