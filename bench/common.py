@@ -37,6 +37,10 @@ _SCRUB = {
     "SESSION_STORE_WAIT_SECONDS",
     "RESUME_BUFFER_SECONDS",
     "WEB_CONCURRENCY",
+    "ENABLE_METRICS",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "PROMETHEUS_MULTIPROC_DIR",
 }
 
 Cpus = int | Iterable[int] | None  # one CPU, a set of them, or None: wherever the scheduler likes

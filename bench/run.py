@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,9 @@ class Bench:
         stores_only: bool = False,
         store_workers: tuple[int, ...] | None = None,
     ) -> None:
+        self.observability = False  # --observability: metrics and tracing on against off
+        self.observability_only = False
+        self.obs_services: dict[str, Proc] = {}
         self.store_workers = store_workers
         self.sqlite_pk = False
         self.size = size
@@ -249,6 +253,8 @@ class Bench:
             self.server_cpu,
             service_env(p_slow, self.workdir, "b"),
         )
+        if self.observability:
+            self._start_observability(p_slow)
         for name in self.model_transports:
             port = free_port()
             env = {**service_env(p_slow, self.workdir, f"ab-{name}"), "BENCH_MODEL_TRANSPORT": name}
@@ -264,7 +270,7 @@ class Bench:
         wait_http(self.bare, "/health")
         wait_http(self.svc, "/health")
         wait_http(self.svc_stream, "/health")
-        for proc in self.ab_services.values():
+        for proc in [*self.ab_services.values(), *self.obs_services.values()]:
             wait_http(proc, "/health")
 
     def stop(self) -> None:
@@ -516,6 +522,55 @@ class Bench:
         client = self._client_cpu(names)
         self.report.sections.append(_ab_table(s, names, p99, p50, cpu, done, client))
 
+    def _start_observability(self, model_port: int) -> None:
+        """One service per variant on the 50 ms model, and an OTLP/HTTP receiver on the client's CPU."""
+        port = free_port()
+        argv = [PYTHON, "-m", "tests.otlp_receiver", "--port", str(port)]
+        self.receiver = self.fleet.start("otlp-receiver", argv, port, CLIENT_CPU)
+        endpoint = f"http://127.0.0.1:{port}"
+        variants = {
+            "off": {"ENABLE_METRICS": "false"},
+            "metrics": {"ENABLE_METRICS": "true"},
+            "tracing": {"ENABLE_METRICS": "false", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+            "both": {"ENABLE_METRICS": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+        }
+        for name, extra in variants.items():
+            port = free_port()
+            env = {**service_env(model_port, self.workdir, f"obs-{name}"), **extra}
+            self.obs_services[name] = self.fleet.start(
+                f"service-{name}", hypercorn_argv("app:app", port, self.workers), port, self.server_cpu, env
+            )
+
+    async def observability_ab(self) -> None:
+        """Metrics on against off, tracing (to a loopback receiver) on against off: /health and SSE x100."""
+        s = self.size
+        names = list(self.obs_services)
+        rps: dict[str, list[float]] = {n: [] for n in ["bare", *names]}
+        p99: dict[str, list[float]] = {n: [] for n in ["bare", *names]}
+        done: dict[str, list[float]] = {n: [] for n in ["bare", *names]}
+        procs = {"bare": self.bare, **self.obs_services}
+        for name, proc in procs.items():  # warm: imports, pools, the exporter's first connection
+            start = self._bare_sse(s.token_ms) if name == "bare" else self._svc_sse(4, proc.port)
+            await loadgen.stream_phase(4, start, s.stream_timeout)
+        for i in range(s.ab_rounds):
+            order = ["bare", *names] if i % 2 == 0 else ["bare", *names[::-1]]  # drift hits all alike
+            for name in order:
+                proc = procs[name]
+                get = loadgen.http_request("GET", "/health", proc.port)
+                loop = await loadgen.request_loop(
+                    proc.port, lambda _i, r=get: r, s.health_conns, s.health_s / s.rounds
+                )
+                rps[name].append(loop.rps)
+                await self.settle()
+                level = s.ab_level
+                start = self._bare_sse(s.token_ms) if name == "bare" else self._svc_sse(level, proc.port)
+                phase = await loadgen.stream_phase(level, start, s.stream_timeout)
+                p99[name].append(phase.first_token_ms(99))
+                done[name].append(phase.completion)
+                await self.settle()
+        spans = _get_json(self.receiver.port, "/count").get("spans", 0)
+        self.report.sections.append(_observability_table(s, names, rps, p99, done, spans))
+
     def _client_cpu(self, names: list[str]) -> dict[str, Any]:
         """bench/client_cpu.py in a subprocess: its own process, so its CPU time is the model client's."""
         argv = [PYTHON, str(ROOT / "bench" / "client_cpu.py"), "--json", "--transports", ",".join(names)]
@@ -710,17 +765,71 @@ class Bench:
             self.streaming,
             self.resume,
             *([self.model_transport_ab] if self.model_transports else []),
+            *([self.observability_ab] if self.observability else []),
             self.idle_websockets,
             *([self.stores_section] if self.stores else []),
         )
         if self.ab_only:
             steps = (self.model_transport_ab,)
+        elif self.observability_only:
+            steps = (self.warm_up, self.observability_ab)
         elif self.stores_only:
             steps = (self.stores_section,)
         for step in steps:
             started = time.perf_counter()
             await step()
             say(f"  {step.__name__}: {time.perf_counter() - started:.1f} s")
+
+
+def _get_json(port: int, path: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:  # noqa: S310
+            found: dict[str, Any] = orjson.loads(response.read())
+            return found
+    except OSError:
+        return {}
+
+
+def _observability_table(
+    s: Size,
+    names: list[str],
+    rps: dict[str, list[float]],
+    p99: dict[str, list[float]],
+    done: dict[str, list[float]],
+    spans: int,
+) -> str:
+    """Metrics and tracing against both off, in one run: medians of alternating rounds."""
+    med = statistics.median
+    out = [
+        "## Metrics and tracing: on against off, same run (rounds alternate the order)",
+        "",
+        f"One service per variant on the {s.token_ms:g} ms model; tracing exports over OTLP/HTTP to a "
+        f"receiver on the client's CPU ({spans:,} spans received in the run). Medians of "
+        f"{s.ab_rounds} rounds.",
+        "",
+        "| figure | " + " | ".join(names) + " | " + " | ".join(f"{n}/off" for n in names[1:]) + " | bare |",
+        "|---" * (2 + 2 * len(names) - 1) + "|",
+    ]
+
+    def row(label: str, values: dict[str, float], fmt: Any) -> None:
+        cells = [fmt(values[n]) for n in names] + [ratio(values[n], values["off"]) for n in names[1:]]
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(values['bare'])} |")
+
+    row(
+        f"/health requests/s ({s.health_conns} connections)",
+        {n: med(v) for n, v in rps.items()},
+        f0,
+    )
+    row(f"SSE x{s.ab_level}: first token p99 (ms)", {n: med(v) for n, v in p99.items()}, f1)
+    row(f"SSE x{s.ab_level}: completed %", {n: med(v) for n, v in done.items()}, f1)
+    bare_rps, bare_p99 = med(rps["bare"]), med(p99["bare"])
+    out += [
+        "",
+        "Against the bars (DESIGN.md) with both on: /health at "
+        f"{med(rps['both']) / bare_rps:.2f} of bare (bar >= 0.70); SSE x{s.ab_level} first-token p99 "
+        f"bare + {med(p99['both']) - bare_p99:.0f} ms (bar <= + 150 ms).",
+    ]
+    return "\n".join(out) + "\n"
 
 
 def _ab_table(
@@ -982,6 +1091,14 @@ def main() -> int:
         help="with --stores: also SQLite without its per-new-session counts (BENCH_SQLITE_ROOM=pk), "
         "to price them",
     )
+    parser.add_argument(
+        "--observability",
+        action="store_true",
+        help="add metrics on/off and tracing on/off (to a loopback OTLP receiver): /health and SSE x100",
+    )
+    parser.add_argument(
+        "--observability-only", action="store_true", help="only the --observability section (about 3 minutes)"
+    )
     parser.add_argument("--probe-sessions", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--probe-buffer", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--events", type=Path, help=argparse.SUPPRESS)
@@ -1035,13 +1152,15 @@ def main() -> int:
             None if args.store_workers is None else tuple(int(x) for x in args.store_workers.split(",") if x),
         )
         bench.sqlite_pk = args.sqlite_pk
+        bench.observability = args.observability or args.observability_only
+        bench.observability_only = args.observability_only
         try:
             if pin:
                 os.sched_setaffinity(0, {CLIENT_CPU})
             say("starting model servers, bare app and service ...")
             bench.start()
             asyncio.run(bench.run_all())
-            if not (bench.ab_only or bench.stores_only):
+            if not (bench.ab_only or bench.stores_only or bench.observability_only):
                 bench.session_memory()
                 bench.buffer_memory()
         except KeyboardInterrupt:

@@ -1,8 +1,15 @@
-"""A tiny OTLP/HTTP trace receiver on 127.0.0.1: decodes each export with opentelemetry-proto."""
+"""A tiny OTLP/HTTP trace receiver on 127.0.0.1: decodes each export with opentelemetry-proto.
+
+In tests: `with running_receiver() as receiver: ...`. As a program (bench/run.py --observability):
+`python -m tests.otlp_receiver --port N` serves until stopped; `GET /count` answers the number of
+spans received so far.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,12 +81,16 @@ def _decode(body: bytes) -> list[ReceivedSpan]:
     return found
 
 
-@contextlib.contextmanager
-def running_receiver() -> Iterator[Receiver]:
-    """Serve POST /v1/traces on a free loopback port until the block ends."""
-    receiver = Receiver()
-
+def _server(receiver: Receiver, port: int = 0) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            body = json.dumps({"spans": len(receiver.snapshot())}).encode()
+            self.send_response(200 if self.path == "/count" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
@@ -99,7 +110,14 @@ def running_receiver() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+
+@contextlib.contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    """Serve POST /v1/traces on a free loopback port until the block ends."""
+    receiver = Receiver()
+    server = _server(receiver)
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, name="otlp-receiver", daemon=True)
     thread.start()
@@ -109,3 +127,15 @@ def running_receiver() -> Iterator[Receiver]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="an OTLP/HTTP trace receiver on 127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    server = _server(Receiver(), parser.parse_args().port)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
