@@ -352,6 +352,36 @@ async def test_api_key_prompt_and_offline_banner(browser: Browser, tmp_path: Pat
         assert errors == []
 
 
+async def test_a_slow_history_load_never_wipes_an_answer_sent_meanwhile(
+    base: str, browser: Browser, openai_server: ScriptedOpenAI
+) -> None:
+    """The page loads the session's history at start; a message sent before that answer arrives
+    (a slow network, a busy server) keeps its bubble and its answer when the history lands late."""
+    openai_server.push(Reply.say("Here to help."))
+    page, errors = await _page(browser)
+    held: list[Route] = []
+
+    async def hold(route: Route) -> None:
+        held.append(route)  # answered below, once the message has been sent and answered
+
+    await page.route("**/api/v1/sessions/*/history*", hold)
+    await page.goto(base)
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "ws")
+    await eventually(lambda: bool(held), what="the page to ask for the history")
+    await _send(page, "hello")
+    await expect(_answers(page).last).to_have_attribute("data-state", "done")
+    for route in held:
+        await route.fulfill(status=404, json={"error": {"type": "not_found", "message": "no such session"}})
+    await page.unroute("**/api/v1/sessions/*/history*")
+    await page.wait_for_function("() => document.readyState === 'complete'")
+    await page.evaluate("() => new Promise((done) => setTimeout(done, 0))")  # the late answer is handled
+    await expect(page.locator("#log .msg.user .plain")).to_have_text("hello")
+    await expect(_answers(page).last.locator(".md")).to_contain_text("Here to help.")
+    await expect(page.get_by_role("heading", name="How can we help today?")).to_have_count(0)
+    await page.context.close()
+    assert errors == []
+
+
 async def test_offline_model_approval_card_survives_reload_and_confirms(
     settings: Settings, browser: Browser
 ) -> None:

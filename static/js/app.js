@@ -84,6 +84,7 @@ const state = {
   socket: "connecting",
   httpOk: true,
   cards: new Map(),
+  view: 0, // bumped by whatever takes over the log: a late history answer must not replace it
 };
 
 function newId() {
@@ -498,18 +499,21 @@ async function openSession(id, { quiet = false } = {}) {
   state.cards.clear();
   els.title.textContent = local.title(state.tenant, id) || "New conversation";
   if (!quiet) showEmpty();
+  const view = ++state.view;
+  const current = () => id === state.sessionId && view === state.view; // nobody moved on meanwhile
   let body;
   try {
     body = await api.history(state.tenant, id);
     reachable(true);
   } catch (error) {
     if (error?.status === 404) {
+      if (!current()) return;
       state.saved = false;
       return showEmpty();
     }
     return apiFailed(error);
   }
-  if (id !== state.sessionId) return; // the user moved on while this loaded
+  if (!current()) return; // the user moved on, or sent a message, while this loaded
   state.saved = true;
   const nodes = [];
   for (const message of body.messages) {
@@ -782,6 +786,7 @@ async function follow(active, connect) {
 function run(extra) {
   const body = { session_id: state.sessionId, tenant_id: state.tenant, ...extra };
   const turn = new AssistantTurn({ onApproval });
+  state.view += 1; // the log is this answer's now
   els.log.querySelector(".empty")?.remove();
   els.log.append(turn.node);
   scrollDown(true);
