@@ -26,7 +26,7 @@ if os.environ.get("BENCH_TURN_BUFFER") == "redis":
     from msev15.stores.turns_redis import RedisTurnBuffer, reader_client
     from msev15.web import services as _services
 
-    def _redis_buffer(keep_seconds: float) -> RedisTurnBuffer:
+    def _redis_buffer(keep_seconds: float, **_: object) -> RedisTurnBuffer:  # takes MemoryTurnBuffer's place
         url = os.environ["REDIS_URL"]
         pool = int(os.environ.get("REDIS_MAX_CONNECTIONS", "64"))
         wait = float(os.environ.get("SESSION_STORE_WAIT_SECONDS", "5"))

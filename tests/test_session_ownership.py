@@ -16,7 +16,7 @@ import pytest
 
 from msev15.principal import ANY_USER
 from msev15.stores.sessions import Message, SessionOwnedElsewhere
-from msev15.stores.sessions.sqlite import SqliteSessionStore
+from msev15.stores.sessions.sqlite import SCHEMA_VERSION, SqliteSessionStore
 from tests.test_sessions import MakeStore, clock, kind, make_store, redis_server  # noqa: F401
 
 
@@ -101,4 +101,8 @@ async def test_sqlite_sessions_of_version_1_gain_no_owner(tmp_path: Path) -> Non
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT * FROM chat_session_counts ORDER BY tenant_id").fetchall() == [
+            ("", 1),
+            ("t", 1),
+        ]

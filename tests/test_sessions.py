@@ -360,3 +360,50 @@ async def test_memory_store_warns_with_several_workers(
         store = await open_session_store(make_settings(tmp_path))
     assert isinstance(store, MemorySessionStore)
     assert "SESSION_STORE=memory with 4 Hypercorn workers" in caplog.text
+
+
+async def test_sqlite_session_counts_stay_exact_through_every_kind_of_write(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """The per-tenant and total counts that bound new sessions are kept by triggers: after new
+    sessions, rewrites, deletes, expiry, eviction and a refusal, from two workers on one file,
+    they equal what COUNT(*) finds."""
+    import sqlite3
+
+    from msev15.stores.sessions import Message, SessionLimitError
+
+    path = tmp_path / "sessions.db"
+    options: dict[str, Any] = {"ttl_seconds": 60, "max_sessions": 6, "max_per_tenant": 4, "clock": clock}
+    first = await SqliteSessionStore.open(path, **options)
+    second = await SqliteSessionStore.open(path, **options)
+
+    def said(text: str) -> list[Message]:
+        return [Message("user", text, clock())]
+
+    def counts() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        with sqlite3.connect(path) as db:
+            kept = db.execute("SELECT * FROM chat_session_counts WHERE sessions > 0 ORDER BY 1").fetchall()
+            real = db.execute(
+                "SELECT tenant_id, COUNT(*) FROM chat_sessions GROUP BY tenant_id"
+                " UNION ALL SELECT '', COUNT(*) FROM chat_sessions ORDER BY 1"
+            ).fetchall()
+        return kept, [row for row in real if row[1] > 0]
+
+    try:
+        for i, store in enumerate((first, second) * 2):  # new sessions, from both workers
+            await store.save_turn("a", f"s{i}", said("hi"))
+        await first.save_turn("a", "s0", said("again"))  # a rewrite adds nothing
+        with pytest.raises(SessionLimitError):
+            await second.save_turn("a", "s9", said("one too many"))  # a refusal changes nothing
+        await second.save_turn("b", "s0", said("hi"))
+        await first.save_turn("b", "s1", said("hi"))  # the 7th: the least recently used goes
+        assert await first.delete("a", "s2")
+        clock.now += 61  # everything expires ...
+        await second.save_turn("a", "s1", said("back"))  # ... an expired session starts afresh
+        await first.save_turn("b", "s2", said("hi"))  # a new one drops the tenant's expired ones
+        await second.purge_expired()
+        kept, real = counts()
+        assert kept == real == [("", 2), ("a", 1), ("b", 1)]
+    finally:
+        await first.close()
+        await second.close()

@@ -38,7 +38,7 @@ from msev15.stores.sessions.base import (
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
-SCHEMA_VERSION = 2  # 2: sessions record their owner (user_id)
+SCHEMA_VERSION = 3  # 2: sessions record their owner (user_id); 3: session counts kept by triggers
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chat_sessions (
@@ -69,6 +69,29 @@ _ADD_OWNER = "ALTER TABLE chat_sessions ADD COLUMN user_id TEXT"
 _OWNER_INDEX = (
     "CREATE INDEX IF NOT EXISTS chat_sessions_by_user ON chat_sessions (tenant_id, user_id, last_activity)"
 )
+
+# Version 3: how many sessions each tenant (and, under '', which no tenant id can be) holds, kept
+# in step by triggers in the writing transaction, so a new session's limits cost two point reads
+# instead of two COUNT(*) scans (12 ms at 100,000 sessions, inside the write lock).
+_COUNTS = """
+CREATE TABLE IF NOT EXISTS chat_session_counts (
+    tenant_id TEXT PRIMARY KEY,
+    sessions INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS chat_sessions_count_in AFTER INSERT ON chat_sessions BEGIN
+    INSERT INTO chat_session_counts (tenant_id, sessions) VALUES (NEW.tenant_id, 1), ('', 1)
+        ON CONFLICT (tenant_id) DO UPDATE SET sessions = sessions + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS chat_sessions_count_out AFTER DELETE ON chat_sessions BEGIN
+    UPDATE chat_session_counts SET sessions = sessions - 1 WHERE tenant_id IN (OLD.tenant_id, '');
+END;
+"""
+_RECOUNT = """
+DELETE FROM chat_session_counts;
+INSERT INTO chat_session_counts (tenant_id, sessions)
+    SELECT tenant_id, COUNT(*) FROM chat_sessions GROUP BY tenant_id
+    UNION ALL SELECT '', COUNT(*) FROM chat_sessions;
+"""
 
 _COLUMNS = "tenant_id, session_id, created_at, last_activity, metadata, messages, user_id"
 
@@ -209,7 +232,10 @@ def _migrate(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
     _add_owner_column(db)
     db.execute(_OWNER_INDEX)
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version < 3:  # counted in one write transaction: exact however many workers start together
+        db.executescript(f"BEGIN IMMEDIATE; {_COUNTS} {_RECOUNT} PRAGMA user_version = 3; COMMIT;")
+    db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
 
 
 def _add_owner_column(db: sqlite3.Connection) -> None:
@@ -291,9 +317,12 @@ def _save(
         del records[: max(0, len(records) - max_messages)]
         meta_text = meta if meta is not None else stored_meta
         saved = (tenant_id, session_id, created, now, meta_text, dumps(records), owner)
-        db.execute(
-            f"INSERT OR REPLACE INTO chat_sessions ({_COLUMNS}, touched) VALUES (?, ?, ?, ?, ?, ?, ?,"
-            " (SELECT COALESCE(MAX(touched), 0) + 1 FROM chat_sessions))",
+        db.execute(  # an upsert, not OR REPLACE: a replaced row would fire no delete trigger
+            f"INSERT INTO chat_sessions ({_COLUMNS}, touched) VALUES (?, ?, ?, ?, ?, ?, ?,"
+            " (SELECT COALESCE(MAX(touched), 0) + 1 FROM chat_sessions))"
+            " ON CONFLICT (tenant_id, session_id) DO UPDATE SET created_at = excluded.created_at,"
+            " last_activity = excluded.last_activity, metadata = excluded.metadata,"
+            " messages = excluded.messages, user_id = excluded.user_id, touched = excluded.touched",
             saved,
         )
     return saved
@@ -308,14 +337,16 @@ def _make_room(
     max_per_tenant: int,
 ) -> None:
     """Before a new session: drop the tenant's expired ones, refuse over the tenant limit, evict LRU."""
-    db.execute(
-        "DELETE FROM chat_sessions WHERE tenant_id = ? AND (last_activity < ? OR session_id = ?)",
-        (tenant_id, cutoff, session_id),
+    db.execute("DELETE FROM chat_sessions WHERE tenant_id = ? AND session_id = ?", (tenant_id, session_id))
+    db.execute("DELETE FROM chat_sessions WHERE tenant_id = ? AND last_activity < ?", (tenant_id, cutoff))
+    counts = dict(
+        db.execute(
+            "SELECT tenant_id, sessions FROM chat_session_counts WHERE tenant_id IN (?, '')", (tenant_id,)
+        ).fetchall()
     )
-    (count,) = db.execute("SELECT COUNT(*) FROM chat_sessions WHERE tenant_id = ?", (tenant_id,)).fetchone()
-    if count >= max_per_tenant:
+    if counts.get(tenant_id, 0) >= max_per_tenant:
         raise SessionLimitError(f"tenant {tenant_id} has reached its limit of sessions")
-    (total,) = db.execute("SELECT COUNT(*) FROM chat_sessions").fetchone()
+    total = counts.get("", 0)
     if total >= max_sessions:
         db.execute(
             "DELETE FROM chat_sessions WHERE (tenant_id, session_id) IN"
