@@ -28,7 +28,7 @@ if os.environ.get("BENCH_TURN_BUFFER") == "redis":
 
     def _redis_buffer(keep_seconds: float, **_: object) -> RedisTurnBuffer:  # takes MemoryTurnBuffer's place
         url = os.environ["REDIS_URL"]
-        pool = int(os.environ.get("REDIS_MAX_CONNECTIONS", "64"))
+        pool = int(os.environ.get("REDIS_MAX_CONNECTIONS", "256"))
         wait = float(os.environ.get("SESSION_STORE_WAIT_SECONDS", "5"))
         return RedisTurnBuffer(connect(url, pool, wait), reader_client(url), keep_seconds)
 
