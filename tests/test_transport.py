@@ -114,6 +114,21 @@ async def _long_chunked(n: int, head: bytes, writer: asyncio.StreamWriter) -> bo
     return True
 
 
+_more: dict[str, asyncio.Event] = {}  # the test lets the server send the rest
+
+
+async def _ten_chunks_at_once_then_one_more(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await writer.drain()
+    pieces = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"event %d\n" % i for i in range(10)))
+    writer.write(pieces + b"6\r\nev")  # ten whole chunks and the start of an eleventh, in one write
+    await writer.drain()
+    await _more["rest"].wait()
+    writer.write(b"ent!\r\n0\r\n\r\n")
+    await writer.drain()
+    return True
+
+
 async def _interim_answers_first(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
@@ -142,6 +157,20 @@ async def test_chunked_body_with_trailers_then_reuse(raw_server: RawServer) -> N
             async with http.stream("GET", f"http://127.0.0.1:{raw_server.port}/") as response:
                 assert [line async for line in response.aiter_lines()] == ["data: one", "", "data: two", ""]
     assert raw_server.connections == 1
+
+
+@pytest.mark.parametrize("raw_server", [_ten_chunks_at_once_then_one_more], indirect=True)
+async def test_chunks_that_arrived_together_are_handed_over_together(raw_server: RawServer) -> None:
+    """One piece for what one read brought (a model that wrote many events at once costs one pass),
+    and a chunk still on its way does not hold back those before it."""
+    _more["rest"] = asyncio.Event()
+    async with client() as http:
+        async with http.stream("GET", f"http://127.0.0.1:{raw_server.port}/") as response:
+            pieces = response.aiter_raw()
+            first = await anext(pieces)
+            assert first == b"".join(b"event %d\n" % i for i in range(10))
+            _more["rest"].set()
+            assert [piece async for piece in pieces] == [b"event!"]
 
 
 @pytest.mark.parametrize("raw_server", [_close_delimited], indirect=True)

@@ -177,7 +177,12 @@ class OpenAIStreamModel:
                     lines = pending.split(b"\n")
                     pending = lines.pop()
                     text: list[str] = []
-                    done = reader.feed(lines, text)
+                    try:
+                        done = reader.feed(lines, text)
+                    except Retryable:
+                        if text:  # said before the failure, in the same read: it was said
+                            yield TextDelta("".join(text))
+                        raise
                     if text:
                         yield TextDelta("".join(text))
                     if done:
