@@ -13,7 +13,7 @@ from quart.typing import TestClientProtocol
 from msev15 import create_app
 from msev15.settings import Settings, load_settings
 from msev15.web.services import EXTENSION_KEY, Services
-from tests.engines import ENGINES, Engine, make_engine
+from tests.engines import ENGINES, Engine, dispose, make_engine
 from tests.openai_server import ScriptedOpenAI, running_openai_server
 from tests.postgres_server import PostgresServer
 
@@ -128,6 +128,8 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(params=ENGINES)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
     """The test's database on SQLite, then on PostgreSQL (tests/engines.py)."""
-    return make_engine(request, tmp_path)
+    made = make_engine(request, tmp_path)
+    yield made
+    await dispose(made)

@@ -50,6 +50,11 @@ async def new_database(server: PostgresServer, seeded: bool) -> str:
     return server.url(name)
 
 
+async def drop_database(server: PostgresServer, url: str) -> None:
+    """Drop a test's database (its connections cut): the cluster lives in RAM, keep it small."""
+    await _admin(server, f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
 async def open_postgres(
     url: str, seed: bool, pool_size: int = 10, wait_seconds: float = 5.0
 ) -> OrderRepository:
@@ -110,3 +115,8 @@ def make_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     if name == "postgresql":
         return Engine(name, tmp_path, server=request.getfixturevalue("postgres_server"))
     return Engine(name, tmp_path)
+
+
+async def dispose(engine: Engine) -> None:
+    if engine.server is not None and engine.url is not None:
+        await drop_database(engine.server, engine.url)

@@ -32,6 +32,12 @@ def server_bin_dir() -> Path:
     return found[-1].parent if found else DEFAULT_BIN
 
 
+def _scratch() -> str | None:
+    """RAM (/dev/shm) when there is one: a throwaway cluster needs no disk, and cloning is faster."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def _accepting(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -50,7 +56,11 @@ class PostgresServer:
         bin_dir = server_bin_dir()
         self.pg_ctl = require_binary(bin_dir / "pg_ctl", PACKAGE)
         self.initdb = require_binary(bin_dir / "initdb", PACKAGE)
-        self.dir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="msev15-pg-"))
+        self.dir = (
+            Path(workdir)
+            if workdir is not None
+            else Path(tempfile.mkdtemp(prefix="msev15-pg-", dir=_scratch()))
+        )
         self.data = self.dir / "data"
         self.log = self.dir / "postgres.log"
         self.port = free_port()

@@ -25,7 +25,7 @@ from msev15.tools.mail import mail_tools
 from msev15.tools.registry import ToolRegistry
 from tests.conftest import MakeModelSettings, make_settings
 from tests.engines import Engine
-from tests.helpers import free_port
+from tests.helpers import eventually, free_port
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.smtp_server import RecordingSMTP, running_smtp_server
 from tests.test_orders import call, data
@@ -231,6 +231,12 @@ async def test_delivers_over_smtp_once_with_the_stored_message_id(
         assert mail.message["Message-ID"] == row["message_id"]
         assert "Keyboard" in parts(mail.message)[1]
         assert await mailer.check() == "ok"
+
+        async def marked_delivered() -> bool:  # the SMTP server may see the mail before the row says so
+            found = await mailer.get(result["mail_id"])
+            return found is not None and found["status"] == "delivered"
+
+        await eventually(marked_delivered, what="the outbox row marked delivered")
         # A second pass finds nothing to send.
         assert await mailer.deliver_due() is None
     finally:

@@ -227,7 +227,7 @@ async def test_stdio_transport(shop_db: Path) -> None:
 
 def test_arguments() -> None:
     args = mcp_server.parse_args(["--transport", "stdio", "--db", "x.db", "--tenant", "t1"])
-    assert args.transport == "stdio" and args.tenant == "t1" and args.db == Path("x.db")
+    assert args.transport == "stdio" and args.tenant == "t1" and args.db == "x.db"
 
 
 def test_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:

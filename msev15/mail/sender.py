@@ -25,6 +25,7 @@ import aiosmtplib
 
 from msev15.mail.render import Rendered, Shop
 from msev15.settings import Settings
+from msev15.stores.order_rules import OrderError
 from msev15.stores.order_schema import now_iso
 from msev15.stores.orders import OrderRepository
 from msev15.stores.sql import fetchval, row_dict
@@ -237,6 +238,9 @@ class Mailer:
             self._wake.clear()
             try:
                 delay = await self.deliver_due()
+            except OrderError as exc:  # the database is busy or away: the mails wait in the outbox
+                log.warning("mail sender pass skipped: %s", exc)
+                delay = self.retry_base
             except Exception:
                 log.exception("mail sender pass failed")
                 delay = self.retry_base

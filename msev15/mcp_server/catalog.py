@@ -156,19 +156,54 @@ class CatalogUnavailable(ToolError):
     """The orders database cannot be read; the model should say so, not guess."""
 
 
+def is_database_url(db: Path | str) -> bool:
+    return isinstance(db, str) and db.split("://", 1)[0] in ("postgresql", "postgres")
+
+
 class Catalog:
-    """Read-only access to the products table of one tenant."""
+    """Read-only access to the products table of one tenant: a SQLite file, or PostgreSQL by URL."""
 
     def __init__(self, db_path: Path | str, tenant_id: str = "default") -> None:
-        self.db_path = Path(db_path)
+        self.url = str(db_path) if is_database_url(db_path) else None
+        self.db_path = Path("") if self.url else Path(db_path)
         self.tenant_id = tenant_id
         self.index = ProductIndex()
+        self._pool: Any = None  # asyncpg's pool, made on the first PostgreSQL query
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _postgres_rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        import asyncpg  # only a server pointed at PostgreSQL loads it
+
+        from msev15.stores.postgres import numbered
+
+        try:
+            if self._pool is None:
+                # Read-only sessions: this process must never write the shop's database.
+                self._pool = await asyncpg.create_pool(
+                    self.url,
+                    min_size=0,
+                    max_size=2,
+                    timeout=5,
+                    command_timeout=10,
+                    server_settings={"default_transaction_read_only": "on", "application_name": "msev15-mcp"},
+                )
+            async with self._pool.acquire(timeout=5) as conn:
+                return [dict(row) for row in await conn.fetch(numbered(sql), *params)]
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("catalog query failed: %s", type(exc).__name__)
+            raise CatalogUnavailable("The product catalog is not available right now.") from None
 
     def _uri(self) -> str:
         # mode=ro: this process must never write the orders database another process owns.
         return self.db_path.resolve().as_uri() + "?mode=ro"
 
     async def _rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        if self.url is not None:
+            return await self._postgres_rows(sql, params)
         if not self.db_path.exists():
             raise CatalogUnavailable("The product catalog is not available right now.")
         try:

@@ -1,6 +1,6 @@
 """The bundled MCP server: product catalog, shop policies and FAQ as tools over streamable HTTP or stdio.
 
-Run it with `python -m msev15.mcp_server [--host H] [--port P] [--transport stdio] [--db PATH]`.
+Run it with `python -m msev15.mcp_server [--host H] [--port P] [--transport stdio] [--db PATH|URL]`.
 The catalog is read read-only from the orders database; policies and FAQ ship beside this module
 in `data/`.
 """
@@ -32,6 +32,7 @@ from msev15.mcp_server.catalog import (
     Catalog,
     CatalogUnavailable,
     Sort,
+    is_database_url,
     product_view,
     read_query,
 )
@@ -261,10 +262,14 @@ def build_server(db_path: Path | str, tenant_id: str = "default") -> MCPServer:
 # Running -------------------------------------------------------------------------------
 
 
-def _default_db_path() -> Path:
+def _default_db() -> Path | str:
+    """The service's own database: DATABASE_URL when set, else the file of ORDER_DB_PATH."""
     from msev15.settings import load_settings
 
-    return load_settings().order_db_path
+    settings = load_settings()
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return settings.order_db_path
 
 
 def _env_port(name: str, default: int, warnings: list[str]) -> int:
@@ -290,7 +295,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("MCP_HOST", DEFAULT_HOST))
     parser.add_argument("--port", type=int, default=_env_port("MCP_PORT", DEFAULT_PORT, warnings))
     parser.add_argument("--transport", choices=("http", "streamable-http", "stdio"), default="http")
-    parser.add_argument("--db", type=Path, default=None, help="orders database (default: ORDER_DB_PATH)")
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="orders database: a SQLite file or a postgresql:// URL (default: the service's)",
+    )
     parser.add_argument("--tenant", default="default", help="the tenant whose catalog is served")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO").upper())
     return parser.parse_args(argv)
@@ -328,7 +337,9 @@ async def serve_http(server: MCPServer, host: str, port: int) -> None:
     await serve(app_any, config, shutdown_trigger=stop.wait)
 
 
-def main(argv: Sequence[str] | None = None, build: Callable[[Path, str], MCPServer] = build_server) -> None:
+def main(
+    argv: Sequence[str] | None = None, build: Callable[[Path | str, str], MCPServer] = build_server
+) -> None:
     """Run the server; `build` lets a test serve extra tools through the same start-up."""
     args = parse_args(argv)
     # The service's JSON lines; on stdout, except under stdio, where stdout carries the protocol.
@@ -338,9 +349,11 @@ def main(argv: Sequence[str] | None = None, build: Callable[[Path, str], MCPServ
     # With OTEL_EXPORTER_OTLP_ENDPOINT set, each tool call is a span in the calling request's trace:
     # the SDK reads the caller's `traceparent` from the request's `_meta`.
     configure_tracing("msev15-mcp")
-    db_path = args.db if args.db is not None else _default_db_path()
+    db_path: Path | str = _default_db() if args.db is None else args.db
+    if not is_database_url(db_path):
+        db_path = Path(db_path)
     server = build(db_path, args.tenant)
-    if not Path(db_path).exists():
+    if isinstance(db_path, Path) and not db_path.exists():
         log.warning("orders database %s does not exist yet: product tools answer 'not available'", db_path)
     if args.transport == "stdio":
         server.run("stdio")

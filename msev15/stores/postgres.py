@@ -104,12 +104,13 @@ class PostgresDatabase:
 
     @classmethod
     async def open(cls, url: str, pool_size: int, wait_seconds: float, label: str = "") -> PostgresDatabase:
-        """Connect (one connection at once, up to `pool_size` on demand); row-lock waits are bounded too."""
+        """Connections are made on demand, up to `pool_size`; row-lock waits are bounded too."""
         wait_seconds = max(wait_seconds, 0.1)  # DB_BUSY_TIMEOUT_MS=0 would refuse every call at once
         lock_ms = int(wait_seconds * 1000)
         pool = await asyncpg.create_pool(
             url,
-            min_size=1,
+            # No floor: asyncpg would keep redialling (and logging) a server that is down.
+            min_size=0,
             max_size=pool_size,
             timeout=max(wait_seconds, 1.0),  # connecting
             command_timeout=max(wait_seconds * 4, 10.0),
