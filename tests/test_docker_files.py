@@ -22,6 +22,8 @@ from tests.mcp_fixtures import make_orders_db, wait_for_port
 from tests.test_env_example import docker_env_file
 
 EXACT_TAG = re.compile(r"^[a-z0-9./_-]+(:v?[0-9]+\.[0-9]+\.[0-9]+[A-Za-z0-9._-]*)?(@sha256:[0-9a-f]{64})?$")
+# PostgreSQL numbers its releases major.minor (17.6): two parts are its exact version.
+EXACT_POSTGRES = re.compile(r"^postgres:[0-9]+\.[0-9]+(-[A-Za-z0-9._-]+)?$")
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -48,6 +50,8 @@ def compose() -> dict[str, Any]:
 
 def pinned(image: str) -> bool:
     """An exact version tag (`redis:7.4.6-alpine`) or a digest; `redis:7-alpine` or `latest` move."""
+    if EXACT_POSTGRES.match(image):
+        return True
     return bool(EXACT_TAG.match(image)) and (":" in image.split("/")[-1] or "@sha256:" in image)
 
 
@@ -56,6 +60,7 @@ def test_pinned_means_an_exact_version() -> None:
     assert pinned("prom/prometheus:v3.5.0")  # a `v` before an exact version is still exact
     assert not any(pinned(i) for i in ("python:3.11-slim", "redis:7-alpine", "redis", "redis:latest"))
     assert not any(pinned(i) for i in ("prom/prometheus:v3", "grafana/grafana:latest"))
+    assert pinned("postgres:17.6-alpine") and not any(pinned(i) for i in ("postgres:17-alpine", "postgres"))
 
 
 def test_dockerfile_pins_its_base_images_and_declares_no_volume() -> None:
@@ -90,6 +95,31 @@ def test_compose_pins_images_keeps_logs_on_stdout_and_bounds_redis() -> None:
     policy = command[command.index("--maxmemory-policy") + 1]
     assert policy == "noeviction"  # sessions are never evicted silently: writes fail loudly instead
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+
+def test_compose_runs_two_api_replicas_on_redis_and_one_postgres() -> None:
+    services = compose()["services"]
+    postgres = services["postgres"]
+    assert pinned(postgres["image"]) and postgres["image"].startswith("postgres:")
+    assert "postgres:/var/lib/postgresql/data" in postgres["volumes"] and "postgres" in compose()["volumes"]
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert "ports" not in postgres  # reachable by the services only
+    api, mcp = services["api"], services["mcp"]
+    assert api["deploy"]["replicas"] == 2 and api["ports"] == ["9080-9081:9080"]  # a host port each
+    assert api["environment"]["SESSION_STORE"] == "redis"
+    assert api["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    url = api["environment"]["DATABASE_URL"]
+    assert url == mcp["environment"]["DATABASE_URL"]  # the catalog comes from the same database
+    user, db = postgres["environment"]["POSTGRES_USER"], postgres["environment"]["POSTGRES_DB"]
+    assert url.startswith(f"postgresql://{user}:") and url.endswith(f"@postgres:5432/{db}")
+    secret = postgres["environment"]["POSTGRES_PASSWORD"]
+    assert secret.startswith("${POSTGRES_PASSWORD") and secret in url  # one password, from the environment
+    settings = Settings(
+        _env_file=None,
+        database_url=url.replace(secret, "pw"),
+        db_pool_size=api["environment"]["DB_POOL_SIZE"],
+    )
+    assert settings.database_label == "postgresql://postgres:5432/shop"
 
 
 def test_compose_env_file_is_read_literally_and_valid() -> None:
