@@ -31,6 +31,7 @@ COPY app.py hypercorn.toml pyproject.toml ./
 COPY msev15/ msev15/
 COPY templates/ templates/
 COPY static/ static/
+COPY evals/ evals/
 # Only data/ is writable (orders, sessions, outbox, the client-token secret). Mount a named volume
 # there (`-v msev15-data:/app/data`): a new named volume takes this ownership. No VOLUME line: an
 # anonymous volume per container would silently hold the data that belongs in the named one.
