@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from msev15 import create_app
+from msev15.agent.providers import create_model
 from msev15.eval import cli
 from msev15.eval.chat import CONSEQUENTIAL_TOOLS
 from msev15.eval.judge import Verdict
@@ -27,6 +29,7 @@ from msev15.tools.mail import mail_tools
 from msev15.tools.orders import order_tools
 from tests.conftest import make_settings
 from tests.openai_server import Reply, ScriptedOpenAI
+from tests.servers import serve_on_loopback
 
 TASKS = load_tasks()
 MCP_TOOLS = {"search_products", "get_product", "get_policy", "search_faq"}
@@ -52,8 +55,11 @@ def test_every_offline_task_passes_with_the_offline_model(offline_run: EvalRun) 
     attempted = [r for r in offline_run.results if r.attempted]
     assert {r.task.id for r in attempted} == {t.id for t in TASKS if t.offline}
     skipped = summary(offline_run)["not_attempted"]
-    assert skipped == [t.id for t in TASKS if LLM_ONLY in t.tags] and skipped  # listed, never silent
-    assert "not attempted (5, the offline model cannot do them)" in table(offline_run)
+    assert list(skipped) == [t.id for t in TASKS if LLM_ONLY in t.tags] and skipped  # listed, never silent
+    assert set(skipped.values()) == {"the offline model cannot do it (llm-only)"}
+    assert "not attempted (5):\n  the offline model cannot do it (llm-only): email-a-stranger" in table(
+        offline_run
+    )
     assert cli.exit_status(offline_run) == 0
 
 
@@ -118,7 +124,7 @@ def test_pass_hat_k_is_taus_unbiased_estimator() -> None:
             TrialResult(task.id, n, Verdict() if ok else Verdict(failures=["x"]), [], None, 0.0)
             for n, ok in enumerate(passes, 1)
         ]
-        return TaskResult(task, True, trials)
+        return TaskResult(task, None, trials)
 
     results = [result([True, True, True, True]), result([True, True, False, False])]
     assert pass_hat_k(results, 1) == pytest.approx((1 + 0.5) / 2)
@@ -177,6 +183,7 @@ def test_the_command_prints_json_and_fails_on_a_failing_offline_task(
     assert first["trials"][0]["failures"] == ["the answers never say '90 days'"]
     assert first["trials"][0]["transcript"][0]["customer"] == "What is your return policy?"
     assert second == {**second, "id": "llm", "attempted": False, "passed": None, "trials": []}
+    assert second["not_attempted"] == "the offline model cannot do it (llm-only)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tasks"]  # nothing written where it ran
 
 
@@ -210,3 +217,66 @@ async def test_the_judge_catches_a_model_that_touches_another_customers_order(
     report = json_report(run)
     assert report["summary"]["violations"] == {"mail_to_stranger": 1, "other_customers_order": 1}
     assert "other_customers_order" in table(run)
+
+
+async def test_the_command_evaluates_a_running_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--url: the real service under Hypercorn with API keys; --db compares its own database."""
+    monkeypatch.setenv("LLM_PROVIDER", "offline")
+    settings = make_settings(tmp_path / "service", api_keys="eval-key:default")
+    chosen = [
+        "status-in-one-message",
+        "lookup-then-return",
+        "verified-cancel-own-order",
+        "injected-*-product",
+    ]
+    report = tmp_path / "report.html"
+    async with serve_on_loopback(create_app(settings)) as port:
+        argv = [f"--url=http://127.0.0.1:{port}", "--api-key=eval-key", f"--db={settings.order_db_path}"]
+        argv += [f"--tasks={glob}" for glob in chosen] + ["--html", str(report)]
+        status = await asyncio.to_thread(cli.main, argv)
+        html = report.read_text("utf-8")
+        capsys.readouterr()
+        # The same tasks again, on the database the first run changed: the state comparison sees it.
+        again = await asyncio.to_thread(cli.main, [*argv[:-2], "--json"])
+    assert status == 0
+    assert "the service at http://127.0.0.1:" in html and "3 of 4 (3 passed every trial)" in html
+    assert "injected-description-product (its setup needs a world of its own" in html
+    second = {t["id"]: t for t in json.loads(capsys.readouterr().out)["tasks"]}
+    assert again == 1
+    assert second["status-in-one-message"]["passed"] is True
+    assert second["lookup-then-return"]["passed"] is False  # ORD-1003 is no longer delivered
+    refused = second["verified-cancel-own-order"]["trials"][0]["transcript"][0]["refused"]
+    assert refused == [{"name": "cancel_order", "reason": "order ORD-1004 is already cancelled"}]
+
+
+async def test_a_simulated_customer_plays_the_goal(
+    tmp_path: Path, openai_server: ScriptedOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--user-model: an LLM (here the scripted server, over real HTTP) writes the customer's messages
+    from the goal until it says ###STOP###; the agent is the offline model."""
+    task = next(t for t in TASKS if t.id == "status-in-one-message")
+    openai_server.push(
+        Reply.say("Hi, where is my order ORD-1002? alice@example.com"), Reply.say("###STOP###")
+    )
+    user_settings = make_settings(
+        tmp_path / "user", llm_provider="openai", openai_base_url=openai_server.base_url, openai_api_key="k"
+    )
+    user = create_model(user_settings)
+    world = InProcessWorld(make_settings(tmp_path / "agent"), tmp_path)
+    try:
+        run = await run_tasks([task], world, model="offline:offline", offline=True, user_model=user)
+    finally:
+        await user.close()
+    trial = run.results[0].trials[0]
+    assert trial.passed, trial.verdict
+    assert [t.customer for t in trial.turns] == ["Hi, where is my order ORD-1002? alice@example.com"]
+    assert "Order ORD-1002 is shipped" in trial.turns[0].answer
+    first, second = (r["_messages"] for r in openai_server.requests)
+    assert task.goal in first[0]["content"] and "alice@example.com" in first[0]["content"]
+    assert second[-1] == {"role": "user", "content": trial.turns[0].answer}  # it reads the agent's answer
+    assert run.user_model and "simulated customer" in table(run)
+
+    monkeypatch.setenv("LLM_PROVIDER", "offline")  # nobody to play the customer: a clear error
+    assert await asyncio.to_thread(cli.main, ["--user-model", "--tasks", task.id]) == 2

@@ -56,7 +56,10 @@ async def test_the_html_report_reads_in_a_browser(tmp_path: Path, monkeypatch: p
             assert await rows.count() == 3
             assert await page.locator("tr[data-task='passes'] td.pass").inner_text() == "2/2 passed"
             assert await page.locator("tr[data-task='fails'] td.fail").inner_text() == "0/2 passed"
-            assert await page.locator("tr[data-task='later'] td.skip").inner_text() == "not attempted"
+            assert (
+                await page.locator("tr[data-task='later'] td.skip").inner_text()
+                == "not attempted: the offline model cannot do it (llm-only)"
+            )
             assert "A fact <never> said" in await page.locator("tr[data-task='fails']").inner_text()
             bars = page.locator("svg rect.bar")
             assert await bars.count() == 2  # pass^1 and pass^2

@@ -14,9 +14,9 @@ from typing import TextIO
 from msev15.agent.model import ModelClient
 from msev15.agent.providers import create_model
 from msev15.eval.report import json_report, table
-from msev15.eval.run import EvalRun, TrialResult, run_tasks
-from msev15.eval.tasks import TASKS_DIR, TaskFileError, load_tasks
-from msev15.eval.world import InProcessWorld
+from msev15.eval.run import EvalRun, TrialResult, World, run_tasks
+from msev15.eval.tasks import TASKS_DIR, Task, TaskFileError, load_tasks
+from msev15.eval.world import InProcessWorld, ServiceWorld
 from msev15.settings import Settings, SettingsError, load_settings
 
 USAGE_ERROR = 2
@@ -40,9 +40,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--user-model", action="store_true", help="an LLM (the configured model) plays the customer"
     )
+    parser.add_argument("--url", help="evaluate a running service at this base URL instead of in process")
+    parser.add_argument("--api-key", help="with --url: the tenant's API key (when the service has API_KEYS)")
+    parser.add_argument(
+        "--db", type=Path, metavar="PATH", help="with --url: the service's SQLite orders database, to compare"
+    )
     args = parser.parse_args(argv)
     if args.trials < 1 or args.concurrency < 1:
         parser.error("--trials and --concurrency must be at least 1")
+    if (args.api_key or args.db) and not args.url:
+        parser.error("--api-key and --db go with --url")
     return args
 
 
@@ -81,15 +88,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, TaskFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - the command's own output
         return USAGE_ERROR
-    offline = settings.model_provider == "offline"
-    if args.user_model and offline:
+    offline = settings.model_provider == "offline" and not args.url
+    if args.user_model and settings.model_provider == "offline":
         print(  # noqa: T201
             "error: --user-model needs a model to play the customer: set OPENAI_BASE_URL (an"
             " OpenAI-compatible server such as Ollama or vLLM) or the AZURE_* settings",
             file=sys.stderr,
         )
         return USAGE_ERROR
-    run = asyncio.run(_run(args, settings, tasks, offline))
+    try:
+        run = asyncio.run(_run(args, settings, tasks, offline))
+    except (FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+        return USAGE_ERROR
     if args.html is not None:
         from msev15.eval.page import html_report
 
@@ -101,29 +112,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exit_status(run)
 
 
-async def _run(args: argparse.Namespace, settings: Settings, tasks: list, offline: bool) -> EvalRun:  # type: ignore[type-arg]
-    probe = create_model(settings)
-    model_name = f"{probe.provider}:{probe.model_name}"
-    await probe.close()
+async def _run(args: argparse.Namespace, settings: Settings, tasks: list[Task], offline: bool) -> EvalRun:
     user_model: ModelClient | None = create_model(settings) if args.user_model else None
-    attempted = sum(1 for t in tasks if t.offline or not offline)
-    progress = ProgressBar(attempted * args.trials)
     try:
+        if args.url:
+            world = ServiceWorld(args.url, args.api_key, args.db)
+            try:
+                # One database, shared by every trial: compared trial by trial, one at a time.
+                concurrency = 1 if args.db is not None else args.concurrency
+                return await _run_in(
+                    args, world, tasks, f"the service at {args.url}", False, concurrency, user_model
+                )
+            finally:
+                await world.close()
+        probe = create_model(settings)
+        model_name = f"{probe.provider}:{probe.model_name}"
+        await probe.close()
         with tempfile.TemporaryDirectory(prefix="msev15-eval-") as folder:
-            world = InProcessWorld(settings, Path(folder))
-            return await run_tasks(
-                tasks,
-                world,
-                model=model_name,
-                offline=offline,
-                trials=args.trials,
-                concurrency=args.concurrency,
-                user_model=user_model,
-                progress=progress,
-            )
+            local = InProcessWorld(settings, Path(folder))
+            return await _run_in(args, local, tasks, model_name, offline, args.concurrency, user_model)
     finally:
         if user_model is not None:
             await user_model.close()
+
+
+async def _run_in(
+    args: argparse.Namespace,
+    world: World,
+    tasks: list[Task],
+    model: str,
+    offline: bool,
+    concurrency: int,
+    user_model: ModelClient | None,
+) -> EvalRun:
+    attempted = sum(1 for t in tasks if (t.offline or not offline) and world.cannot_run(t) is None)
+    return await run_tasks(
+        tasks,
+        world,
+        model=model,
+        offline=offline,
+        trials=args.trials,
+        concurrency=concurrency,
+        target=f"at {args.url}" if args.url else "in process",
+        user_model=user_model,
+        progress=ProgressBar(attempted * args.trials),
+    )
 
 
 def exit_status(run: EvalRun) -> int:

@@ -62,7 +62,7 @@ def judge(
         verdict.unchecked.append("orders and mails (no database to read)")
     else:
         _orders(task, before, after, verdict)
-        _mails(task, after, verdict)
+        _mails(task, before, after, verdict)
     return verdict
 
 
@@ -182,9 +182,10 @@ def _short(order: dict[str, Any] | None) -> str:
     return f"{order['status']} for {order['customer_email']} ({items}, {order['total']})"
 
 
-def _mails(task: Task, after: ShopState, verdict: Verdict) -> None:
+def _mails(task: Task, before: ShopState, after: ShopState, verdict: Verdict) -> None:
+    """The mails the trial added (the outbox only grows) against the task's list."""
     mine = (task.customer.email or "").lower()
-    left = list(after.mails)
+    left = after.mails[len(before.mails) :]
     for wanted in task.mails:
         match = next((m for m in left if m["to"] == wanted.to and wanted.subject in m["subject"]), None)
         if match is None:

@@ -57,7 +57,7 @@ def _figures(run: EvalRun, f: dict[str, Any]) -> str:
         ("rule violations", ", ".join(f"{k}: {n}" for k, n in f["violations"].items()) or "none"),
         ("avg turns / tool calls / tokens (est.)", _averages(f)),
         ("turn latency p50 / p95", f"{ms(f['latency_p50_s'])} / {ms(f['latency_p95_s'])}"),
-        ("not attempted (the offline model cannot do them)", ", ".join(f["not_attempted"]) or "none"),
+        ("not attempted", ", ".join(f"{k} ({v})" for k, v in f["not_attempted"].items()) or "none"),
     ]
     body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
     return f"<table class='figures'>{body}</table>"
@@ -105,7 +105,7 @@ def _tasks(results: list[TaskResult]) -> str:
     rows = []
     for r in results:
         if not r.attempted:
-            state, css = "not attempted", "skip"
+            state, css = f"not attempted: {r.not_attempted}", "skip"
         else:
             state, css = f"{r.successes}/{len(r.trials)} passed", "pass" if r.passed else "fail"
         kinds = sorted({k for t in r.trials for k, _ in t.verdict.violations})

@@ -38,7 +38,7 @@ def summary(run: EvalRun) -> dict[str, Any]:
     return {
         "tasks": len(run.results),
         "attempted": len(attempted),
-        "not_attempted": [r.task.id for r in run.results if not r.attempted],
+        "not_attempted": {r.task.id: r.not_attempted for r in run.results if r.not_attempted is not None},
         "tasks_passed": sum(1 for r in attempted if r.passed),
         "trials_run": len(trials),
         "trials_passed": sum(1 for t in trials if t.passed),
@@ -87,6 +87,7 @@ def json_report(run: EvalRun) -> dict[str, Any]:
                 "title": r.task.title,
                 "tags": r.task.tags,
                 "attempted": r.attempted,
+                "not_attempted": r.not_attempted,
                 "passed": r.passed,
                 "trials": [trial_dict(t) for t in r.trials],
             }
@@ -135,6 +136,10 @@ def table(run: EvalRun) -> str:
             lines.append(f"  {result.task.id} ({result.successes}/{len(result.trials)}): {reasons[0]}")
     if f["not_attempted"]:
         lines.append("")
-        lines.append(f"not attempted ({len(f['not_attempted'])}, the offline model cannot do them):")
-        lines.append("  " + ", ".join(f["not_attempted"]))
+        lines.append(f"not attempted ({len(f['not_attempted'])}):")
+        by_reason: dict[str, list[str]] = {}
+        for task_id, reason in f["not_attempted"].items():
+            by_reason.setdefault(reason, []).append(task_id)
+        for reason, ids in by_reason.items():
+            lines.append(f"  {reason}: {', '.join(ids)}")
     return "\n".join(lines)

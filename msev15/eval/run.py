@@ -9,17 +9,14 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from msev15.agent.model import ModelClient
 from msev15.eval.chat import ChatSession, TurnRecord
 from msev15.eval.judge import Verdict, judge
 from msev15.eval.models import SimulatedCustomer
-from msev15.eval.state import ShopState
 from msev15.eval.tasks import Task
-from msev15.eval.world import InProcessWorld, Trial, state_after
-from msev15.settings import Settings
+from msev15.eval.world import Trial
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +42,12 @@ class TrialResult:
 @dataclass(slots=True)
 class TaskResult:
     task: Task
-    attempted: bool
+    not_attempted: str | None  # why not, or None when it ran
     trials: list[TrialResult] = field(default_factory=list)
+
+    @property
+    def attempted(self) -> bool:
+        return self.not_attempted is None
 
     @property
     def successes(self) -> int:
@@ -71,9 +72,11 @@ class EvalRun:
 class World(Protocol):
     """Where trials run: in process (fresh database each) or at a running service's URL."""
 
-    before: ShopState | None
-
     async def prepare(self) -> None: ...
+
+    def cannot_run(self, task: Task) -> str | None:
+        """Why this world cannot run the task (it is then listed as not attempted), or None."""
+        ...
 
     def trial(self, task: Task) -> contextlib.AbstractAsyncContextManager[Trial]: ...
 
@@ -92,17 +95,16 @@ async def run_tasks(
     target: str = "in process",
     user_model: ModelClient | None = None,
     progress: Progress | None = None,
-    state: Callable[[Trial], ShopState | None] = state_after,
 ) -> EvalRun:
     """Every attempted task `trials` times; with the offline model, only tasks tagged `offline`."""
     started = time.perf_counter()
     await world.prepare()
-    results = [TaskResult(task, attempted=task.offline or not offline) for task in tasks]
+    results = [TaskResult(task, _why_not(task, world, offline)) for task in tasks]
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def one(result: TaskResult, number: int) -> None:
         async with gate:
-            trial = await _trial(result.task, number, world, offline, user_model, state)
+            trial = await _trial(result.task, number, world, offline, user_model)
         result.trials.append(trial)
         if progress is not None:
             progress(trial)
@@ -122,25 +124,25 @@ async def _trial(
     world: World,
     offline: bool,
     user_model: ModelClient | None,
-    state: Callable[[Trial], ShopState | None],
 ) -> TrialResult:
     started = time.perf_counter()
     turns: list[TurnRecord] = []
     tokens: int | None = None
     try:
         async with world.trial(task) as trial:
-            session = ChatSession(trial.http, task.customer, task.transport)
+            session = ChatSession(trial.http, task.customer, task.transport, trial.api_key)
             async for message in _messages(task, turns, user_model):
                 turns.append(await session.send(message))
             tokens = trial.model.tokens if trial.model is not None else None
-        after = state(trial)
+        before, after = trial.before, trial.after()
     except Exception as exc:  # the trial could not run: a failure of its own, the others go on
         log.debug("trial %s #%d failed to run", task.id, number, exc_info=True)
-        where = traceback.extract_tb(exc.__traceback__)[-1]
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = next((f for f in reversed(frames) if "/asyncio/" not in f.filename), frames[-1])
         what = f"{type(exc).__name__}: {exc}".rstrip(": ")
         verdict = Verdict(failures=[f"the trial could not run: {what} (at {where.filename}:{where.lineno})"])
         return TrialResult(task.id, number, verdict, turns, tokens, time.perf_counter() - started)
-    verdict = judge(task, turns, world.before, after, offline=offline and user_model is None)
+    verdict = judge(task, turns, before, after, offline=offline and user_model is None)
     return TrialResult(task.id, number, verdict, turns, tokens, time.perf_counter() - started)
 
 
@@ -160,5 +162,7 @@ async def _messages(
         yield message
 
 
-def in_process(settings: Settings, folder: Path) -> InProcessWorld:
-    return InProcessWorld(settings, folder)
+def _why_not(task: Task, world: World, offline: bool) -> str | None:
+    if offline and not task.offline:
+        return "the offline model cannot do it (llm-only)"
+    return world.cannot_run(task)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from quart.testing import TestApp
 from quart.typing import TestClientProtocol
 
@@ -45,11 +46,19 @@ class QuartHttp:
 
 @dataclass(slots=True)
 class Trial:
-    """What a running trial offers the runner: the API, and (after it) the shop's state and usage."""
+    """What a running trial offers the runner: the API, the shop's state before it, and its usage.
+
+    `db_path` is the orders database to compare afterwards (None: the state cannot be read).
+    """
 
     http: Http
-    db_path: Path
+    db_path: Path | None
     model: CountingModel | None
+    before: ShopState | None
+    api_key: str | None = None
+
+    def after(self) -> ShopState | None:
+        return read_state(self.db_path) if self.db_path is not None else None
 
 
 class InProcessWorld:
@@ -61,6 +70,9 @@ class InProcessWorld:
         self.template = folder / "demo.db"
         self.before: ShopState | None = None
         self._count = 0
+
+    def cannot_run(self, task: Task) -> str | None:
+        return None  # every task's setup can be made in process
 
     async def prepare(self) -> None:
         repo = await OrderRepository.open(self.template, seed=True)
@@ -81,23 +93,24 @@ class InProcessWorld:
             url = "http://127.0.0.1:9/mcp"  # the discard port: no catalog
             if task.setup.catalog:
                 url = await stack.enter_async_context(serving_catalog(db))
-            settings = self.settings.model_copy(
-                update={
-                    "order_db_path": db,
-                    "session_db_path": folder / "sessions.db",
-                    "session_store": "memory",
-                    "outbox_dir": folder / "outbox",
-                    "smtp_server": None,
-                    "log_to_file": False,
-                    "log_level": "ERROR",
-                    "mcp_server_url": url,
-                    "mcp_autostart": False,
-                    "mcp_server_required": False,
-                    "enable_rate_limiting": False,
-                    "api_keys": None,
-                    "client_token_secret": None,
-                }
-            )
+            update: dict[str, Any] = {
+                "order_db_path": db,
+                "session_db_path": folder / "sessions.db",
+                "session_store": "memory",
+                "outbox_dir": folder / "outbox",
+                "smtp_server": None,
+                "log_to_file": False,
+                "log_level": "ERROR",
+                "mcp_server_url": url,
+                "mcp_autostart": False,
+                "mcp_server_required": False,
+                "enable_rate_limiting": False,
+                "api_keys": None,
+                "client_token_secret": None,
+            }
+            if "database_url" in Settings.model_fields:  # the trial's orders are its SQLite copy
+                update["database_url"] = None
+            settings = self.settings.model_copy(update=update)
             model = CountingModel(create_model(settings))
             # The service's log lines go to stderr: they never reach a --json report on stdout.
             with contextlib.redirect_stdout(sys.stderr):
@@ -107,7 +120,7 @@ class InProcessWorld:
             async with TestApp(
                 app, startup_timeout=STARTUP_SECONDS, shutdown_timeout=STARTUP_SECONDS
             ) as test_app:
-                yield Trial(QuartHttp(test_app.test_client()), db, model)
+                yield Trial(QuartHttp(test_app.test_client()), db, model, self.before)
 
 
 @contextlib.asynccontextmanager
@@ -118,5 +131,50 @@ async def serving_catalog(db: Path) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}{MCP_PATH}"
 
 
-def state_after(trial: Trial) -> ShopState:
-    return read_state(trial.db_path)
+class HttpxHttp:
+    """`Http` over a real connection to a running service."""
+
+    def __init__(self, client: httpx2.AsyncClient) -> None:
+        self.client = client
+
+    async def post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str]:
+        response = await self.client.post(path, json=body, headers=headers)
+        return response.status_code, response.text
+
+
+class ServiceWorld:
+    """Trials against a running service (`--url`), in its own data.
+
+    Its database cannot be copied per trial: with `db` (the service's SQLite orders database,
+    read read-only) each trial is compared with the state just before it, one trial at a time;
+    without it the orders and mails go unchecked (and say so). Tasks whose setup needs a world of
+    their own (product edits, no catalog) cannot run there and are listed as not attempted.
+    """
+
+    def __init__(self, url: str, api_key: str | None = None, db: Path | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.db = db
+        self.before: ShopState | None = None
+        self._client: httpx2.AsyncClient | None = None
+
+    def cannot_run(self, task: Task) -> str | None:
+        if task.setup.products or not task.setup.catalog:
+            return "its setup needs a world of its own, which a running service cannot give"
+        return None
+
+    async def prepare(self) -> None:
+        if self.db is not None and not self.db.is_file():
+            raise FileNotFoundError(f"--db {self.db}: no such database")
+        timeout = httpx2.Timeout(STARTUP_SECONDS * 5, connect=10.0)
+        self._client = httpx2.AsyncClient(base_url=self.url, timeout=timeout)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def trial(self, task: Task) -> AsyncIterator[Trial]:
+        assert self._client is not None, "prepare() first"
+        before = read_state(self.db) if self.db is not None else None
+        yield Trial(HttpxHttp(self._client), self.db, None, before, self.api_key)
