@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from quart import Quart
 from quart.testing import TestApp
 from quart.typing import TestClientProtocol
 
@@ -29,6 +30,7 @@ from msev15.eval.tasks import Task
 from msev15.mcp_server.server import MCP_PATH, build_server
 from msev15.settings import Settings
 from msev15.stores.orders import OrderRepository
+from msev15.web.services import EXTENSION_KEY
 
 STARTUP_SECONDS = 60
 
@@ -120,7 +122,21 @@ class InProcessWorld:
             async with TestApp(
                 app, startup_timeout=STARTUP_SECONDS, shutdown_timeout=STARTUP_SECONDS
             ) as test_app:
-                yield Trial(QuartHttp(test_app.test_client()), db, model, self.before)
+                try:
+                    yield Trial(QuartHttp(test_app.test_client()), db, model, self.before)
+                finally:
+                    await _leave_catalog(app)
+
+
+async def _leave_catalog(app: Quart) -> None:
+    """Close the MCP session from its owner task before the app's shutdown cancels that task.
+
+    Cancelled inside the SDK's session, the task can wait forever on the session's own tasks, and
+    the shutdown with it (seen about once in a few hundred trials); a stop asked for is clean.
+    """
+    found = app.extensions.get(EXTENSION_KEY)
+    if found is not None and found.mcp is not None:
+        await found.mcp.close()
 
 
 @contextlib.asynccontextmanager
