@@ -8,6 +8,7 @@ tasks there, their per-turn expectations kept as each turn's offline `trace`.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,26 @@ async def test_a_simulated_customer_plays_the_goal(
 
     monkeypatch.setenv("LLM_PROVIDER", "offline")  # nobody to play the customer: a clear error
     assert await asyncio.to_thread(cli.main, ["--user-model", "--tasks", task.id]) == 2
+
+
+class _Screen(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_count_otherwise() -> None:
+    trial = TrialResult("t", 1, Verdict(), [], None, 0.0)
+    failed = TrialResult("t", 2, Verdict(failures=["x"]), [], None, 0.0)
+    screen, log = _Screen(True), _Screen(False)
+    bar, count = cli.ProgressBar(20, screen), cli.ProgressBar(20, log)
+    for one in [trial] * 19 + [failed]:
+        bar(one)
+        count(one)
+    assert screen.getvalue().count("\r") == 20 and screen.getvalue().endswith("] 20/20 trials, 1 failed\n")
+    assert "\r[" + "#" * 15 + "-" * 15 + "] 10/20 trials, 0 failed" in screen.getvalue()
+    assert log.getvalue().splitlines()[:2] == ["2/20 trials, 0 failed", "4/20 trials, 0 failed"]
+    assert log.getvalue().splitlines()[-1] == "20/20 trials, 1 failed" and "\r" not in log.getvalue()
