@@ -73,7 +73,7 @@ def chart(curve: dict[str, float | None], width: int = 480, height: int = 220) -
     points = [(int(k), v) for k, v in curve.items() if v is not None]
     if not points:
         return "<p>No trials ran.</p>"
-    left, bottom, top = 40, 30, 10
+    left, bottom, top = 40, 30, 24  # room above a full bar for its value
     plot_h = height - bottom - top
     step = (width - left - 10) / len(points)
     bars = []
@@ -86,7 +86,7 @@ def chart(curve: dict[str, float | None], width: int = 480, height: int = 220) -
             f"<rect class='bar' x='{x:.1f}' y='{y:.1f}' width='{step * 0.7:.1f}' height='{h:.1f}'"
             f" fill='#0969da'><title>pass^{k} = {value:.3f}</title></rect>"
             f"<text x='{middle:.1f}' y='{height - 10}' text-anchor='middle'>k={k}</text>"
-            f"<text x='{middle:.1f}' y='{max(y - 4, 12):.1f}' text-anchor='middle'>{value:.2f}</text>"
+            f"<text x='{middle:.1f}' y='{y - 6:.1f}' text-anchor='middle'>{value:.2f}</text>"
         )
     axis = (
         f"<line x1='{left}' y1='{top}' x2='{left}' y2='{top + plot_h}' stroke='#57606a'/>"
