@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -277,3 +278,20 @@ async def test_close_ends_the_owner_task(tmp_path: Path, shared_mcp: McpProcess)
     assert task is not None and task.done() and not task.cancelled()
     assert not provider.connected and MCP_TOOLS.isdisjoint(registry.names())
     assert await provider.check() == "unavailable: closed"
+
+
+async def test_app_shutdown_leaves_the_mcp_session_before_cancelling_background_work(
+    tmp_path: Path, shared_mcp: McpProcess
+) -> None:
+    """At shutdown the MCP client's own task ends its session (not cancelled inside the SDK's
+    session, where it could wait for ever), and shutdown is done well within its bound."""
+    for attempt in range(3):
+        app = create_app(make_settings(tmp_path / str(attempt), mcp_server_url=shared_mcp.url))
+        async with app.test_app() as test_app:
+            services = found(test_app.app)  # type: ignore[attr-defined]
+            assert services.mcp is not None and services.mcp.connected
+            task = services.mcp._task
+            started = time.monotonic()
+            await asyncio.wait_for(services.close(), timeout=15)
+            assert task is not None and task.done() and not task.cancelled()
+            assert time.monotonic() - started < 10

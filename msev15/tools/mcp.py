@@ -103,7 +103,8 @@ class McpToolProvider:
             await asyncio.gather(task, return_exceptions=True)
         self._drop_tools()
         self._status = "unavailable: closed"
-        await self._http.aclose()
+        if not self._http.is_closed:  # closed once, by whichever comes first at shutdown
+            await self._http.aclose()
 
     @property
     def connected(self) -> bool:

@@ -89,11 +89,15 @@ class Services:
         """Running turns finish and are stored first (bounded), then everything closes in reverse.
 
         The closing happens even when the drain is cut short (the server's own shutdown timeout
-        cancels it): a connection left open keeps its thread, and the process, alive.
+        cancels it): a connection left open keeps its thread, and the process, alive. The MCP
+        client leaves its session before the background tasks are cancelled: its task, cancelled
+        inside the SDK's session, could wait for ever.
         """
         try:
             await self.runner.drain(min(self.settings.turn_timeout_seconds, 30.0))
         finally:
+            if self.mcp is not None:
+                await self.mcp.close()
             for task in list(self.background):
                 task.cancel()
             await asyncio.gather(*self.background, return_exceptions=True)
