@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import loadgen, resume  # noqa: E402 - needs the repository root on sys.path first
+from bench import loadgen, orders_db, resume  # noqa: E402 - needs the repository root on sys.path first
 from bench.common import (  # noqa: E402
     CLIENT_CPU,
     PYTHON,
@@ -191,6 +191,8 @@ class Bench:
         stores_only: bool = False,
         store_workers: tuple[int, ...] | None = None,
     ) -> None:
+        self.orders_db = False  # --orders-db: orders on PostgreSQL against SQLite
+        self.orders_db_only = False
         self.observability = False  # --observability: metrics and tracing on against off
         self.observability_only = False
         self.obs_services: dict[str, Proc] = {}
@@ -214,6 +216,8 @@ class Bench:
 
     def start(self) -> None:
         s = self.size
+        if self.orders_db_only:  # the orders-db section starts its own model, services and database
+            return
         model_fast = ["-m", "tests.openai_server", "--raw", "--tokens", str(s.tokens), "--delay-ms", "0"]
         model_slow = [
             "-m",
@@ -736,6 +740,10 @@ class Bench:
             f"{f0(cap_mib * 1024 * 1024 / probe['event_bytes'])} of them"
         )
 
+    async def orders_db_section(self) -> None:
+        """Orders on PostgreSQL against SQLite (bench/orders_db.py): its own model, services and database."""
+        await orders_db.run_section(self.fleet, self.size, self.workdir, self.pin, self.report)
+
     async def stores_section(self) -> None:
         from bench.stores import StoresBench
 
@@ -768,6 +776,7 @@ class Bench:
             *([self.observability_ab] if self.observability else []),
             self.idle_websockets,
             *([self.stores_section] if self.stores else []),
+            *([self.orders_db_section] if self.orders_db else []),
         )
         if self.ab_only:
             steps = (self.model_transport_ab,)
@@ -775,6 +784,8 @@ class Bench:
             steps = (self.warm_up, self.observability_ab)
         elif self.stores_only:
             steps = (self.stores_section,)
+        elif self.orders_db_only:
+            steps = (self.orders_db_section,)
         for step in steps:
             started = time.perf_counter()
             await step()
@@ -1099,6 +1110,13 @@ def main() -> int:
     parser.add_argument(
         "--observability-only", action="store_true", help="only the --observability section (about 3 minutes)"
     )
+    parser.add_argument(
+        "--orders-db",
+        action="store_true",
+        help="add orders on PostgreSQL against SQLite: a get_order JSON turn (c=1) and create_order "
+        "turns at c=32 on each; needs Debian's postgresql (about 1 more minute)",
+    )
+    parser.add_argument("--orders-db-only", action="store_true", help="only the --orders-db section")
     parser.add_argument("--probe-sessions", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--probe-buffer", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--events", type=Path, help=argparse.SUPPRESS)
@@ -1154,13 +1172,15 @@ def main() -> int:
         bench.sqlite_pk = args.sqlite_pk
         bench.observability = args.observability or args.observability_only
         bench.observability_only = args.observability_only
+        bench.orders_db = args.orders_db or args.orders_db_only
+        bench.orders_db_only = args.orders_db_only
         try:
             if pin:
                 os.sched_setaffinity(0, {CLIENT_CPU})
             say("starting model servers, bare app and service ...")
             bench.start()
             asyncio.run(bench.run_all())
-            if not (bench.ab_only or bench.stores_only or bench.observability_only):
+            if not (bench.ab_only or bench.stores_only or bench.observability_only or bench.orders_db_only):
                 bench.session_memory()
                 bench.buffer_memory()
         except KeyboardInterrupt:

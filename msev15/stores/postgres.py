@@ -92,6 +92,15 @@ def refusals() -> Iterator[None]:
         raise DatabaseUnavailable() from exc
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset query when a connection goes back to the pool: one round trip less per call.
+
+    asyncpg's default runs `RESET ALL; UNLISTEN *; ...` on every release. The stores never change
+    session state (their settings come with the connection, their advisory locks are
+    transaction-scoped, they never LISTEN), and asyncpg still rolls back a transaction left open.
+    """
+
+
 class PostgresDatabase:
     """A bounded pool: at most `pool_size` connections; a caller waits `wait_seconds` for one."""
 
@@ -115,6 +124,7 @@ class PostgresDatabase:
             timeout=max(wait_seconds, 1.0),  # connecting
             command_timeout=max(wait_seconds * 4, 10.0),
             server_settings={"lock_timeout": f"{lock_ms}ms", "application_name": "msev15"},
+            reset=_keep_session,
         )
         return cls(pool, label or "postgresql", wait_seconds)
 
