@@ -529,7 +529,7 @@ class Bench:
     def _start_observability(self, model_port: int) -> None:
         """One service per variant on the 50 ms model, and an OTLP/HTTP receiver on the client's CPU."""
         port = free_port()
-        argv = [PYTHON, "-m", "tests.otlp_receiver", "--port", str(port)]
+        argv = [PYTHON, "-m", "tests.otlp_receiver", "--port", str(port), "--count-only"]
         self.receiver = self.fleet.start("otlp-receiver", argv, port, CLIENT_CPU)
         endpoint = f"http://127.0.0.1:{port}"
         variants = {
@@ -537,6 +537,17 @@ class Bench:
             "metrics": {"ENABLE_METRICS": "true"},
             "tracing": {"ENABLE_METRICS": "false", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
             "both": {"ENABLE_METRICS": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+            "both, probes traced": {
+                "ENABLE_METRICS": "true",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_PYTHON_ASGI_EXCLUDED_URLS": "",  # trace /health too: the raw per-request cost
+            },
+            "both-10%": {
+                "ENABLE_METRICS": "true",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            },
         }
         for name, extra in variants.items():
             port = free_port()
@@ -572,8 +583,8 @@ class Bench:
                 p99[name].append(phase.first_token_ms(99))
                 done[name].append(phase.completion)
                 await self.settle()
-        spans = _get_json(self.receiver.port, "/count").get("spans", 0)
-        self.report.sections.append(_observability_table(s, names, rps, p99, done, spans))
+        received = _get_json(self.receiver.port, "/count")
+        self.report.sections.append(_observability_table(s, names, rps, p99, done, received))
 
     def _client_cpu(self, names: list[str]) -> dict[str, Any]:
         """bench/client_cpu.py in a subprocess: its own process, so its CPU time is the model client's."""
@@ -807,7 +818,7 @@ def _observability_table(
     rps: dict[str, list[float]],
     p99: dict[str, list[float]],
     done: dict[str, list[float]],
-    spans: int,
+    received: dict[str, Any],
 ) -> str:
     """Metrics and tracing against both off, in one run: medians of alternating rounds."""
     med = statistics.median
@@ -815,7 +826,11 @@ def _observability_table(
         "## Metrics and tracing: on against off, same run (rounds alternate the order)",
         "",
         f"One service per variant on the {s.token_ms:g} ms model; tracing exports over OTLP/HTTP to a "
-        f"receiver on the client's CPU ({spans:,} spans received in the run). Medians of "
+        f"receiver on the client's CPU ({received.get('exports', 0):,} exports, "
+        f"{received.get('bytes', 0) / 1e6:.1f} MB received in the run; it counts, it does not decode). "
+        "/health is not traced by default (probes never are); `both, probes traced` traces it too "
+        "(OTEL_PYTHON_ASGI_EXCLUDED_URLS empty): the raw cost of a span per request. `both-10%` "
+        f"samples one trace in ten (OTEL_TRACES_SAMPLER=parentbased_traceidratio). Medians of "
         f"{s.ab_rounds} rounds.",
         "",
         "| figure | " + " | ".join(names) + " | " + " | ".join(f"{n}/off" for n in names[1:]) + " | bare |",

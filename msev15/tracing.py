@@ -62,13 +62,48 @@ def configure_tracing(service_name: str = SERVICE_NAME) -> bool:
             "tracing: OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported here; using http/protobuf", protocol
         )
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
-    provider = TracerProvider(resource=Resource.create(attributes))
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=_background_dropped())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _provider = provider
     _tracer = trace.get_tracer("msev15")
     log.info("tracing: exporting spans over OTLP/HTTP to %s", _mask(endpoint))
     return True
+
+
+# Spans that start a trace of their own outside any request: the MCP client's probes and listings
+# in its background task, start-up migrations and purges. Under a request they are traced as usual.
+_BACKGROUND_ROOTS = ("MCP send ", "sqlite ")
+
+
+def _background_dropped() -> Any:
+    """OTEL_TRACES_SAMPLER's sampler (default: parent-based, always on), minus background chatter."""
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, _get_from_env_or_default
+
+    inner = _get_from_env_or_default()
+
+    class BackgroundDropped(Sampler):
+        def should_sample(
+            self,
+            parent_context: Any,
+            trace_id: int,
+            name: str,
+            kind: Any = None,
+            attributes: Any = None,
+            links: Any = None,
+            trace_state: Any = None,
+        ) -> SamplingResult:
+            if (
+                name.startswith(_BACKGROUND_ROOTS)
+                and not trace.get_current_span(parent_context).get_span_context().is_valid
+            ):
+                return SamplingResult(Decision.DROP)
+            return inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+        def get_description(self) -> str:
+            return f"BackgroundDropped{{{inner.get_description()}}}"
+
+    return BackgroundDropped()
 
 
 def tracing_enabled() -> bool:

@@ -38,6 +38,9 @@ class ReceivedSpan:
 @dataclass
 class Receiver:
     url: str = ""
+    decode: bool = True  # False (the bench): count exports and bytes only, to spare the CPU it shares
+    exports: int = 0
+    received_bytes: int = 0
     spans: list[ReceivedSpan] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -84,7 +87,8 @@ def _decode(body: bytes) -> list[ReceivedSpan]:
 def _server(receiver: Receiver, port: int = 0) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            body = json.dumps({"spans": len(receiver.snapshot())}).encode()
+            counts = {"spans": len(receiver.snapshot()), "exports": receiver.exports}
+            body = json.dumps({**counts, "bytes": receiver.received_bytes}).encode()
             self.send_response(200 if self.path == "/count" else 404)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -97,9 +101,11 @@ def _server(receiver: Receiver, port: int = 0) -> ThreadingHTTPServer:
                 self.send_response(404)
                 self.end_headers()
                 return
-            spans = _decode(body)
+            spans = _decode(body) if receiver.decode else []
             with receiver.lock:
                 receiver.spans.extend(spans)
+                receiver.exports += 1
+                receiver.received_bytes += len(body)
             reply = ExportTraceServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -132,7 +138,9 @@ def running_receiver() -> Iterator[Receiver]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="an OTLP/HTTP trace receiver on 127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    server = _server(Receiver(), parser.parse_args().port)
+    parser.add_argument("--count-only", action="store_true", help="do not decode: count exports and bytes")
+    args = parser.parse_args()
+    server = _server(Receiver(decode=not args.count_only), args.port)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

@@ -179,8 +179,8 @@ def test_a_local_tool_with_its_sql_is_one_trace_per_request(traced: Traced) -> N
 
 def test_a_key_in_the_query_string_never_reaches_a_span(traced: Traced) -> None:
     """The WebSocket takes `?api_key=`: the tracing middleware never sees a query string."""
-    probe = httpx.get(f"{traced.url}/health/liveness", params={"api_key": API_KEY}, timeout=10)
-    assert probe.status_code == 200
+    keyed = httpx.get(f"{traced.url}/api/v1/audit", params={"api_key": API_KEY, "limit": "1"}, timeout=10)
+    assert keyed.status_code in (400, 401)  # a key in the query is the WebSocket's way only
     response = httpx.get(
         f"{traced.url}/api/v1/sessions",
         params={"tenant_id": "tenant-b"},
@@ -190,7 +190,7 @@ def test_a_key_in_the_query_string_never_reaches_a_span(traced: Traced) -> None:
     assert response.status_code == 403  # below the middleware the app still reads its query
 
     def exported() -> list[ReceivedSpan]:
-        names = {"GET /health/liveness", "GET /api/v1/sessions"}
+        names = {"GET /api/v1/audit", "GET /api/v1/sessions"}
         found = [s for s in traced.receiver.snapshot() if s.name in names]
         assert {s.name for s in found} == names
         return found
@@ -258,3 +258,21 @@ def test_without_an_endpoint_the_sdk_is_never_loaded() -> None:
     )
     loaded = set(out.stdout.split())
     assert not {m for m in loaded if m.startswith(("opentelemetry.sdk", "opentelemetry.instrumentation"))}
+
+
+def test_background_work_starts_no_trace_of_its_own(traced: Traced) -> None:
+    """The MCP client's connect, listings and probes, start-up SQL: traced only under a request."""
+    chat(traced, "hello", "trace-roots")
+    roots = [s for s in traced.receiver.snapshot() if s.parent_id == ""]
+    assert roots
+    for root in roots:
+        assert root.kind == SERVER and root.service == "msev15", (root.service, root.name)
+
+
+def test_probes_scrapes_and_static_files_are_not_traced(traced: Traced) -> None:
+    for path in ("/health", "/health/liveness", "/health/readiness", "/metrics", "/static/app.js"):
+        httpx.get(f"{traced.url}{path}", timeout=10)
+    later = chat(traced, "hello again", "trace-probes")  # exported after the probes' spans would be
+    trace_of(traced, later, expect={"POST /api/v1/chat"})
+    names = {s.name for s in traced.receiver.snapshot()}
+    assert not {n for n in names if n.startswith(("GET /health", "GET /metrics", "GET /static"))}, names
