@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from msev15 import ROOT
+from msev15 import ROOT, create_app
 from msev15.mail.render import render_message
 from msev15.mail.sender import Mailer
 from msev15.mcp_server.catalog import Catalog, read_query
@@ -28,13 +28,15 @@ from msev15.stores.orders import OrderRepository
 from msev15.stores.sql import fetchval
 from msev15.tools.orders import order_tools
 from msev15.tools.registry import ToolContext, ToolRegistry, ToolResult
-from tests.conftest import make_settings
+from tests.conftest import MakeModelSettings, make_settings, order_status
 from tests.engines import drop_database, new_database, open_postgres
 from tests.helpers import eventually, free_port
+from tests.openai_server import Reply, ScriptedOpenAI
 from tests.postgres_server import PostgresServer
 from tests.smtp_server import running_smtp_server
 
 ALICE = "alice@example.com"
+ORDER = {"order_id": "ORD-1001", "customer_email": ALICE}
 
 
 class Instance:
@@ -82,6 +84,27 @@ async def test_instances_starting_at_once_on_an_empty_database_migrate_and_seed_
         assert await count(first, "SELECT count(*) FROM tenants") == 1
     finally:
         await asyncio.gather(*(repo.close() for repo in repos))
+
+
+async def test_two_apps_on_one_database_url_serve_one_shop(
+    url: str, make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI
+) -> None:
+    """Two whole services (as two hosts would run them): a cancel through A's chat is B's truth."""
+    settings = make_model_settings(database_url=url, require_confirmation=False)
+    first, second = create_app(settings), create_app(settings)
+    async with first.test_app() as app_a, second.test_app() as app_b:
+        openai_server.push(Reply.call("cancel_order", {**ORDER, "reason": "moved"}), Reply.say("Cancelled."))
+        body = await (
+            await app_a.test_client().post("/api/v1/chat", json={"session_id": "a", "message": "x"})
+        ).get_json()
+        assert [(c["name"], c["ok"]) for c in body["tool_calls"]] == [("cancel_order", True)]
+        assert await order_status(second, "ORD-1001") == "cancelled"
+        openai_server.push(Reply.call("cancel_order", {**ORDER, "reason": "again"}), Reply.say("Already."))
+        again = await (
+            await app_b.test_client().post("/api/v1/chat", json={"session_id": "b", "message": "x"})
+        ).get_json()
+        assert [(c["name"], c["ok"]) for c in again["tool_calls"]] == [("cancel_order", False)]
+        assert "already cancelled" in openai_server.requests[-1]["messages"][-1]["content"]
 
 
 async def test_a_cancel_on_one_instance_is_seen_on_the_other(two: tuple[Instance, Instance]) -> None:
