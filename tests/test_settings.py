@@ -76,3 +76,16 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
     names = {line.split("=", 1)[0] for line in example.read_text().splitlines() if line and line[0].isalpha()}
     assert names == {n.upper() for n in Settings.model_fields}
     assert load_settings(_env_file=str(example)).model_dump() == load_settings(_env_file=None).model_dump()
+
+
+def test_database_url_is_postgresql_secret_and_logged_without_credentials() -> None:
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        load_settings(_env_file=None, database_url="mysql://u:p@db/shop")
+    assert load_settings(_env_file=None, database_url="").database_url is None  # blank is unset
+    settings = load_settings(_env_file=None, database_url="postgresql://shop:pg-secret@db.internal:5432/shop")
+    assert settings.database_label == "postgresql://db.internal:5432/shop"
+    assert settings.masked()["DATABASE_URL"] == "***" and "pg-secret" not in str(settings.masked())
+    assert "pg-secret" not in repr(settings)
+    assert load_settings(_env_file=None).database_label == "data/orders.db"
+    with pytest.raises(SettingsError, match="DB_POOL_SIZE"):
+        load_settings(_env_file=None, db_pool_size=0)
