@@ -33,9 +33,17 @@ def server_bin_dir() -> Path:
 
 
 def _scratch() -> str | None:
-    """RAM (/dev/shm) when there is one: a throwaway cluster needs no disk, and cloning is faster."""
+    """RAM (/dev/shm) when it has room: a throwaway cluster needs no disk, and cloning is faster.
+
+    A container's /dev/shm is often 64 MiB, too small for a cluster and its test databases: then
+    the system's temp folder.
+    """
     shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    try:
+        roomy = shutil.disk_usage(shm).free >= 1 << 30
+    except OSError:
+        return None
+    return str(shm) if roomy and os.access(shm, os.W_OK) else None
 
 
 def _accepting(port: int) -> bool:
