@@ -19,6 +19,7 @@ from msev15 import create_app
 from msev15.mail.render import render_message
 from msev15.mail.sender import Mailer, recipient_allowed
 from msev15.settings import Settings
+from msev15.stores.order_rules import DatabaseUnavailable
 from msev15.stores.orders import OrderRepository
 from msev15.stores.sql import fetchval
 from msev15.tools.mail import mail_tools
@@ -270,6 +271,30 @@ async def test_smtp_down_then_up_the_mail_arrives_exactly_once(repo: OrderReposi
         assert len(server.mails) == 1
     row = await mailer.get(mail.id)
     assert row is not None and row["status"] == "delivered" and row["attempts"] == 2
+
+
+async def test_a_sent_mail_the_database_could_not_record_is_not_sent_again(
+    repo: OrderRepository, tmp_path: Path, smtp: RecordingSMTP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailer = Mailer(repo, smtp_settings(tmp_path, smtp.port))
+    mail = await mailer.enqueue("default", ALICE, render_message("once", "b", "S"))
+    record = mailer._delivered
+    failures = [DatabaseUnavailable()]
+
+    async def database_away_once(mail_id: str) -> None:
+        if failures:
+            raise failures.pop()
+        await record(mail_id)
+
+    monkeypatch.setattr(mailer, "_delivered", database_away_once)
+    with pytest.raises(DatabaseUnavailable):
+        await mailer.deliver_due()  # sent, but the database went away before it was marked
+    assert len(smtp.mails) == 1
+    assert await mailer.deliver_due() is None  # marked first, within the lease; nothing is due
+    assert await Mailer(repo, smtp_settings(tmp_path, smtp.port)).deliver_due() is None  # nor elsewhere
+    assert len(smtp.mails) == 1
+    row = await mailer.get(mail.id)
+    assert row is not None and row["status"] == "delivered" and row["attempts"] == 1
 
 
 async def test_concurrent_senders_deliver_each_mail_once(

@@ -98,6 +98,9 @@ class Mailer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Sent, but the database could not be told (it went away): marked first on the next pass,
+        # well within the lease, so nobody sends them again.
+        self._unmarked: set[str] = set()
         # The delivery span names the server, never the sender, the recipient or the message.
         self._smtp_span = {"server.address": settings.smtp_server or "", "server.port": settings.smtp_port}
 
@@ -211,6 +214,9 @@ class Mailer:
 
     async def deliver_due(self) -> float | None:
         """One pass over the due mails; returns seconds until the next retry is due (None: none)."""
+        for mail_id in sorted(self._unmarked):
+            await self._delivered(mail_id)
+            self._unmarked.discard(mail_id)
         client: aiosmtplib.SMTP | None = None
         try:
             async for mail_id, recipient, raw, attempts in self._claims():
@@ -225,7 +231,11 @@ class Mailer:
                         client.close()
                         client = None
                     continue
-                await self._delivered(mail_id)
+                try:
+                    await self._delivered(mail_id)
+                except OrderError:
+                    self._unmarked.add(mail_id)
+                    raise
         finally:
             if client is not None:
                 with contextlib.suppress(Exception):
