@@ -156,13 +156,13 @@ async def _measure(services: dict[str, Proc], size: Sized, report: Reporting) ->
     for engine, proc in services.items():  # warm up: connections made, statements prepared
         for message in (get_message, buy_message):
             warm = _turn(proc.port, f"warm-{engine}", message)
-            await loadgen.request_loop(proc.port, warm, 4, 5, max_requests=40)
+            await loadgen.request_loop(proc.port, warm, 4, 5, max_requests=20 * size.rounds)
     results: dict[tuple[str, int], loadgen.LoopResult] = {}
     cpu: dict[tuple[str, int], list[float]] = {}
     per_round: dict[str, list[float]] = {}  # c=1 p50 of each round, by engine: paired differences
     # Many short alternating rounds, each engine first in turn: the load other work puts on this
     # shared machine drifts, and must hit both engines alike.
-    rounds = max(size.rounds, 4) * 3
+    rounds = 4 * size.rounds  # 12 in the full run
     for conns, duration, message in (
         (1, 2 * size.chat_c1_s, get_message),
         (size.chat_conns, 2 * size.chat_c32_s, buy_message),

@@ -82,3 +82,18 @@ def test_bench_quick_stores_section(tmp_path: Path) -> None:
             assert cells[7] == "0" and cells[8] == "100.0" and cells[11] == "none", cells
         if cells[0] == "8":
             assert cells[5] == "0" and cells[6] == "100.0" and cells[8] == "none", cells
+
+
+def test_bench_quick_orders_db_section(tmp_path: Path) -> None:
+    """`--orders-db-only`: PostgreSQL against SQLite, every turn's tool ran (else the run notes it)."""
+    from tests.postgres_server import PACKAGE, server_bin_dir
+
+    require_binary(server_bin_dir() / "pg_ctl", PACKAGE)
+    table = run_bench(tmp_path / "orders-db.md", "--orders-db-only", timeout=120)
+    for figure in (
+        "get_order JSON turn p50 (ms), c=1",
+        "get_order turn: PostgreSQL minus SQLite",
+        "create_order turns/s, c=4",
+    ):
+        assert figure in table, figure
+    assert "orders-db:" not in table and "orders-db errors" not in table  # every turn ran its tool

@@ -27,6 +27,7 @@ from msev15.tools.mail import mail_tools
 from msev15.tools.orders import order_tools
 from msev15.tools.registry import ToolRegistry
 from tests.conftest import MakeModelSettings
+from tests.engines import Engine
 from tests.helpers import free_port
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.smtp_server import running_smtp_server
@@ -38,8 +39,8 @@ DEMO_SHOP = Shop("Demo Shop", "Returns Department\n100 Warehouse Way\nSpringfiel
 
 
 @pytest.fixture
-async def repo(tmp_path: Path) -> AsyncIterator[OrderRepository]:
-    opened = await OrderRepository.open(tmp_path / "orders.db", seed=True)
+async def repo(engine: Engine) -> AsyncIterator[OrderRepository]:
+    opened = await engine.open(seed=True)
     yield opened
     await opened.close()
 
