@@ -143,3 +143,25 @@ async def test_a_lock_whose_holder_vanished_frees_itself_within_its_lease(redis_
     finally:
         await raw.aclose()
         await store.close()
+
+
+async def test_the_redis_turn_buffer_stores_a_batch_in_one_trip_and_a_repeated_batch_once(
+    redis_server: RedisServer,
+) -> None:
+    """Events queued together go in one pipeline; a batch repeated after a lost reply (the retry
+    through a Redis blip) adds only what had not landed."""
+    from msev15.stores.turns import TurnInfo
+    from msev15.stores.turns_redis import RedisTurnBuffer, reader_client
+
+    writer = Redis.from_url(redis_server.url)
+    buffer = RedisTurnBuffer(writer, reader_client(redis_server.url), prefix=f"t-{uuid.uuid4().hex[:6]}")
+    try:
+        await buffer.open(TurnInfo("turn-b", "t", "s", None, time.time()))
+        events = [(seq, b'{"seq": %d}' % seq) for seq in range(1, 4)]
+        await buffer.extend("turn-b", events[:2])
+        await buffer.extend("turn-b", events)  # 1 and 2 landed before: only 3 is new
+        await buffer.finish("turn-b")
+        assert [item async for item in await buffer.read("turn-b")] == events
+    finally:
+        await buffer.close()
+        await writer.aclose()

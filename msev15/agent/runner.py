@@ -115,23 +115,32 @@ class TurnRunner:
                 queue.put_nowait(_END)
 
     async def _publish(self, run: _Running, queue: asyncio.Queue[Any]) -> None:
-        """Number the events (tokens queued together merged into one) and store them in order."""
-        turn, seq = run.turn, 0
+        """Number the events (tokens queued together merged into one) and store them in order: all
+        that queued up while the last ones were stored go together, in one round trip."""
+        turn, seq, ended = run.turn, 0, False
         try:
-            while True:
+            while not ended:
+                batch: list[tuple[int, bytes]] = []
                 item = await queue.get()
-                if item is _END:
-                    return
-                if item is _STOPPED:
-                    item = await self._interrupted(run)
-                elif isinstance(item, TokenEvent) and not queue.empty():
-                    item = _merged(item, queue)
-                if isinstance(item, TokenEvent):
-                    run.text.append(item.content)
-                seq += 1
-                body = event_dict(item, turn.tenant_id, turn.session_id)
-                body["turn_id"], body["seq"] = run.turn_id, seq
-                await self.buffer.append(run.turn_id, seq, orjson.dumps(body))
+                while True:
+                    if item is _END:
+                        ended = True
+                        break
+                    if item is _STOPPED:
+                        item = await self._interrupted(run)
+                    elif isinstance(item, TokenEvent) and not queue.empty():
+                        item = _merged(item, queue)
+                    if isinstance(item, TokenEvent):
+                        run.text.append(item.content)
+                    seq += 1
+                    body = event_dict(item, turn.tenant_id, turn.session_id)
+                    body["turn_id"], body["seq"] = run.turn_id, seq
+                    batch.append((seq, orjson.dumps(body)))
+                    if queue.empty():
+                        break
+                    item = queue.get_nowait()
+                if batch:
+                    await self.buffer.extend(run.turn_id, batch)
         except Exception:
             log.exception("turn %s could not be buffered", run.turn_id)
         finally:

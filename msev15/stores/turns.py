@@ -46,6 +46,10 @@ class TurnBuffer(Protocol):
         """Add the next event; never waits for readers."""
         ...
 
+    async def extend(self, turn_id: str, events: list[tuple[int, bytes]]) -> None:
+        """Add the next events, in order, together (one round trip where the buffer is remote)."""
+        ...
+
     async def finish(self, turn_id: str) -> None:
         """The turn ended: readers drain what is left and stop; the buffer expires later."""
         ...
@@ -140,6 +144,10 @@ class MemoryTurnBuffer:
             turn.dropped += 1
         wake, turn.wake = turn.wake, asyncio.Event()  # readers wait on the event of their moment
         wake.set()
+
+    async def extend(self, turn_id: str, events: list[tuple[int, bytes]]) -> None:
+        for seq, data in events:
+            await self.append(turn_id, seq, data)
 
     async def finish(self, turn_id: str) -> None:
         turn = self._turns.get(turn_id)

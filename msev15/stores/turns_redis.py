@@ -71,21 +71,22 @@ class RedisTurnBuffer:
         await retrying(write, self.retry_window)
 
     async def append(self, turn_id: str, seq: int, data: bytes) -> None:
-        """Retried through a blip: the entry id is the seq, so a repeat that already landed is refused
-        by Redis (an id not above the last) and changes nothing."""
+        await self.extend(turn_id, [(seq, data)])
+
+    async def extend(self, turn_id: str, events: list[tuple[int, bytes]]) -> None:
+        """One pipelined round trip, retried through a blip: each entry id is its seq, so a repeat of
+        one that already landed is refused by Redis (an id not above the last) and changes nothing."""
+        stream = self._stream(turn_id)
 
         async def add() -> None:
-            try:
-                await self._writer.xadd(
-                    self._stream(turn_id),
-                    {"d": data},
-                    id=f"{seq}-0",
-                    maxlen=self.max_events,
-                    approximate=True,
-                )
-            except ResponseError as exc:
-                if "equal or smaller" not in str(exc):
-                    raise
+            async with self._writer.pipeline(transaction=False) as pipe:
+                for seq, data in events:
+                    pipe.xadd(stream, {"d": data}, id=f"{seq}-0", maxlen=self.max_events, approximate=True)
+                for result in await pipe.execute(raise_on_error=False):
+                    if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+                        raise result
+                    if isinstance(result, Exception) and not isinstance(result, ResponseError):
+                        raise result
 
         await retrying(add, self.retry_window)
 
