@@ -71,9 +71,9 @@ def configure_tracing(service_name: str = SERVICE_NAME) -> bool:
     return True
 
 
-# Spans that start a trace of their own outside any request: the MCP client's probes and listings
+# Spans that would start a trace of their own outside any request: the MCP client's probes, listings
 # in its background task, start-up migrations and purges. Under a request they are traced as usual.
-_BACKGROUND_ROOTS = ("MCP send ", "sqlite ")
+_BACKGROUND_ROOTS = ("MCP send ", "sqlite ", "postgresql ")
 
 
 def _background_dropped() -> Any:
