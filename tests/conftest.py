@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,15 @@ from msev15.web.services import EXTENSION_KEY, Services
 from tests.engines import ENGINES, Engine, dispose, make_engine
 from tests.openai_server import ScriptedOpenAI, running_openai_server
 from tests.postgres_server import PostgresServer
+
+# A developer's shell may export these; the suite must not trace to their collector or switch this
+# process's metrics to multiprocess files (tests that want them set them for their subprocesses).
+for _name in (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "PROMETHEUS_MULTIPROC_DIR",
+):
+    os.environ.pop(_name, None)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
