@@ -161,7 +161,8 @@ class MemoryTurnBuffer:
     def _expire(self) -> None:
         """Forget ended turns, oldest first, while they are past `keep_seconds` or over the cap."""
         now = self._clock()
-        for turn in list(self._ended.values()):
+        while self._ended:  # O(1) when nothing is due: only the oldest is looked at
+            turn = next(iter(self._ended.values()))
             assert turn.ended_at is not None
             if now - turn.ended_at <= self.keep_seconds and self._kept_bytes <= self.max_kept_bytes:
                 return
