@@ -14,6 +14,7 @@ names, counts and fixed words only.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 from collections.abc import Mapping
@@ -46,29 +47,43 @@ def configure_tracing(service_name: str = SERVICE_NAME) -> bool:
     endpoint = tracing_endpoint()
     if endpoint is None:
         return False
-    # Imported here: a process without tracing never loads the SDK.
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    protocol = otlp_protocol()
+    # Imported here: a process without tracing never loads the SDK (nor gRPC without grpc).
+    exporter = importlib.import_module(_EXPORTERS[protocol]).OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    protocol = (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    )
-    if protocol != "http/protobuf":
-        log.warning(
-            "tracing: OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported here; using http/protobuf", protocol
-        )
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
     provider = TracerProvider(resource=Resource.create(attributes), sampler=_background_dropped())
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(exporter()))
     trace.set_tracer_provider(provider)
     _provider = provider
     _tracer = trace.get_tracer("msev15")
-    log.info("tracing: exporting spans over OTLP/HTTP to %s", _mask(endpoint))
+    log.info("tracing: exporting spans over OTLP (%s) to %s", protocol, _mask(endpoint))
     return True
+
+
+# OTEL_EXPORTER_OTLP_PROTOCOL's values with a Python exporter (the SDK has none for http/json).
+_EXPORTERS = {
+    "http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+}
+
+
+def otlp_protocol(environ: Mapping[str, str] | None = None) -> str:
+    """OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf; a value
+    no exporter here speaks stops the start, naming the variable."""
+    env = os.environ if environ is None else environ
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = env.get(name, "").strip()
+        if value:
+            if value not in _EXPORTERS:
+                raise ValueError(
+                    f"{name}={value!r} is not supported: use http/protobuf (the default) or grpc"
+                )
+            return value
+    return "http/protobuf"
 
 
 # Spans that would start a trace of their own outside any request: the MCP client's probes, listings

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -276,3 +277,52 @@ def test_probes_scrapes_and_static_files_are_not_traced(traced: Traced) -> None:
     trace_of(traced, later, expect={"POST /api/v1/chat"})
     names = {s.name for s in traced.receiver.snapshot()}
     assert not {n for n in names if n.startswith(("GET /health", "GET /metrics", "GET /static"))}, names
+
+
+def test_the_protocol_comes_from_the_standard_variables_and_an_unknown_one_stops_the_start() -> None:
+    assert tracing.otlp_protocol({}) == "http/protobuf"
+    assert tracing.otlp_protocol({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}) == "grpc"
+    both = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
+    assert tracing.otlp_protocol(both) == "http/protobuf"  # the signal's own variable wins
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported"):
+        tracing.otlp_protocol({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+
+
+def test_spans_go_over_grpc_when_the_protocol_says_so() -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc: a real gRPC OTLP receiver on loopback gets the spans."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[str] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the gRPC method's name
+            for resource_spans in request.resource_spans:
+                service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope in resource_spans.scope_spans:
+                    received.extend(f"{service['service.name']}:{s.name}" for s in scope.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env |= {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        }
+        code = (
+            "from msev15 import tracing\n"
+            "assert tracing.configure_tracing()\n"
+            "with tracing.span('turn'):\n"
+            "    pass\n"
+            "tracing.shutdown_tracing()\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=ROOT, env=env)  # noqa: S603
+        assert received == ["msev15:turn"]
+    finally:
+        server.stop(grace=None)
