@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.helpers import eventually_sync, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import free_port
+from tests.servers import hypercorn_service
 
 
 @pytest.fixture(scope="module")
@@ -38,32 +33,9 @@ def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "MCP_AUTOSTART": "false",
         "ENABLE_RATE_LIMITING": "false",
     }
-    process = subprocess.Popen(  # noqa: S603 - our own app, fixed arguments
-        [sys.executable, "-m", "hypercorn", "app:app", "--bind", f"127.0.0.1:{port}", "--log-level", "error"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"the service did not start: it exited with {process.returncode}")
-            try:
-                return httpx.get(f"{url}/health", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        eventually_sync(healthy, within=30, interval=0.1, what="the service answering /health")
+    with hypercorn_service(url, ["--bind", f"127.0.0.1:{port}", "--log-level", "error"], env):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _checker(base_url: str, excluded: list[Any]) -> Callable[[schemathesis.Case], None]:

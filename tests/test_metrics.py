@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from quart.typing import TestClientProtocol
 
-from msev15 import ROOT, create_app
+from msev15 import create_app
 from msev15.mail.render import render_message
 from msev15.metrics import Metrics, _mark_dead_workers, _run_dir
 from msev15.web.services import EXTENSION_KEY, Services
@@ -26,6 +26,7 @@ from tests.helpers import eventually, eventually_sync, free_port
 from tests.mcp_fixtures import McpProcess, make_orders_db, running_mcp
 from tests.openai_server import ScriptedOpenAI
 from tests.scripted_model import Reply, ScriptedModel
+from tests.servers import hypercorn_service
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -190,34 +191,12 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[str, int]]:
         "ENABLE_RATE_LIMITING": "false",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process = subprocess.Popen(  # noqa: S603 - our own app, fixed arguments
-        [sys.executable, "-m", "hypercorn", "--config", str(config), "app:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"the service did not start: it exited with {process.returncode}")
-            try:
-                return httpx.get(f"{url}/health/liveness", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        eventually_sync(healthy, within=30, interval=0.1, what="the service answering")
-        yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        for run in _run_dirs(process.pid):
-            shutil.rmtree(run, ignore_errors=True)
+    with hypercorn_service(url, ["--config", str(config)], env, path="/health/liveness") as process:
+        parent = process.pid
+        yield url, parent
+    for run in _run_dirs(parent):  # the stopped workers' metric files
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def _run_dirs(parent: int) -> list[Path]:

@@ -23,6 +23,7 @@ from tests.conftest import make_settings
 from tests.helpers import eventually_sync, free_port
 from tests.mcp_fixtures import McpProcess, make_orders_db
 from tests.otlp_receiver import ReceivedSpan, Receiver, running_receiver
+from tests.servers import hypercorn_service
 
 API_KEY = "trace-test-key-5f1c"
 ALICE = "alice@example.com"
@@ -63,33 +64,17 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
             "API_KEYS": f"{API_KEY}:default",
             "ENABLE_RATE_LIMITING": "false",
         }
-        process = subprocess.Popen(  # noqa: S603 - our own app, fixed arguments
-            [sys.executable, "-m", "hypercorn", "app:app", "--bind", f"127.0.0.1:{port}"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
         url = f"http://127.0.0.1:{port}"
         try:
-
-            def ready() -> bool:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the service did not start: it exited with {process.returncode}")
-                try:
-                    body = httpx.get(f"{url}/health/readiness", timeout=2).json()
-                except httpx.TransportError:
-                    return False
-                return bool(body["checks"].get("mcp") == "ok")
-
-            eventually_sync(ready, within=30, interval=0.1, what="the service ready with MCP")
-            yield Traced(url, receiver)
+            with hypercorn_service(
+                url,
+                ["--bind", f"127.0.0.1:{port}"],
+                env,
+                ready=lambda r: bool(r.json()["checks"].get("mcp") == "ok"),
+                path="/health/readiness",
+            ):
+                yield Traced(url, receiver)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
             mcp.stop()
 
 
