@@ -29,7 +29,7 @@ if os.environ.get("BENCH_TURN_BUFFER") == "redis":
     def _redis_buffer(keep_seconds: float, **_: object) -> RedisTurnBuffer:  # takes MemoryTurnBuffer's place
         url = os.environ["REDIS_URL"]
         pool = int(os.environ.get("REDIS_MAX_CONNECTIONS", "256"))
-        wait = float(os.environ.get("SESSION_STORE_WAIT_SECONDS", "5"))
+        wait = float(os.environ.get("SESSION_STORE_WAIT_SECONDS", "10"))
         return RedisTurnBuffer(connect(url, pool, wait), reader_client(url), keep_seconds)
 
     _services.MemoryTurnBuffer = _redis_buffer  # type: ignore[misc,assignment]  # read when the app starts

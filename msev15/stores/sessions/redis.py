@@ -200,7 +200,7 @@ class RedisSessionStore:
         lock_wait: float = 125.0,
         prefix: str = "msev15",
         max_connections: int = 256,
-        pool_wait: float = 5.0,
+        pool_wait: float = 10.0,
     ) -> RedisSessionStore:
         """Build the client; no connection yet, so the service starts (unready) while Redis is down."""
         client = connect(url, max_connections, pool_wait)
@@ -419,7 +419,7 @@ def _arg(user: UserScope) -> str:
     return user if isinstance(user, str) else ""
 
 
-def connect(url: str, max_connections: int = 256, pool_wait: float = 5.0) -> Redis:
+def connect(url: str, max_connections: int = 256, pool_wait: float = 10.0) -> Redis:
     """A client that fails fast when Redis is down (the default retries for seconds) and reconnects
     later. Its pool is bounded and blocking: a burst waits up to `pool_wait` for a connection
     instead of being refused ("Too many connections"); each command holds one only while it runs."""
