@@ -11,12 +11,11 @@ queue behind them (asyncio's semaphore is fair), and the wait is bounded by `tim
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
@@ -46,22 +45,9 @@ class FifoPool(ConnectionPool):
             self._gate.release()
 
 
-def connect(url: str, max_connections: int = 64, pool_wait: float = 5.0) -> Redis:
-    """msev15.stores.sessions.redis.connect, on a FifoPool."""
-    pool = FifoPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=pool_wait,
-        decode_responses=True,
-        socket_connect_timeout=2.0,
-        socket_timeout=5.0,
-        health_check_interval=15,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), 2),
-    )
-    return Redis(connection_pool=pool)
-
-
 def install() -> None:
+    """msev15.stores.sessions.redis.connect, on a FifoPool: read by RedisSessionStore.open when the
+    app starts."""
     from msev15.stores.sessions import redis as sessions_redis
 
-    sessions_redis.connect = connect  # read by RedisSessionStore.open when the app starts
+    sessions_redis.connect = functools.partial(sessions_redis.connect, pool_class=FifoPool)

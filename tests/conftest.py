@@ -128,13 +128,8 @@ def model_client(model_app: Quart) -> TestClientProtocol:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One throwaway PostgreSQL cluster for the whole session (initdb + pg_ctl, loopback only)."""
-    server = PostgresServer()
-    server.init()
-    server.start()
-    try:
+    with PostgresServer.running() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(params=ENGINES)

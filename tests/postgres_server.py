@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.helpers import eventually_sync, free_port, require_binary
@@ -143,6 +144,18 @@ class PostgresServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             eventually_sync(gone, within=5.0, what=f"PostgreSQL {pid} killed")
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[PostgresServer]:
+        """A new cluster, initialised and started; removed (stopped by PID) afterwards."""
+        server = cls()
+        server.init()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.remove()
 
     def remove(self) -> None:
         self.stop()

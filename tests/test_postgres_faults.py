@@ -23,13 +23,8 @@ ORDER = {"order_id": "ORD-1001", "customer_email": ALICE}
 @pytest.fixture(scope="module")
 def restartable() -> Iterator[PostgresServer]:
     """A cluster of this module's own: its test stops and starts it."""
-    server = PostgresServer()
-    server.init()
-    server.start()
-    try:
+    with PostgresServer.running() as server:
         yield server
-    finally:
-        server.remove()
 
 
 async def readiness(client: TestClientProtocol) -> tuple[int, dict[str, Any]]:

@@ -83,9 +83,8 @@ class RedisTurnBuffer:
                 for seq, data in events:
                     pipe.xadd(stream, {"d": data}, id=f"{seq}-0", maxlen=self.max_events, approximate=True)
                 for result in await pipe.execute(raise_on_error=False):
-                    if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
-                        raise result
-                    if isinstance(result, Exception) and not isinstance(result, ResponseError):
+                    landed = isinstance(result, ResponseError) and "equal or smaller" in str(result)
+                    if isinstance(result, Exception) and not landed:
                         raise result
 
         await retrying(add, self.retry_window)

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -419,11 +419,17 @@ def _arg(user: UserScope) -> str:
     return user if isinstance(user, str) else ""
 
 
-def connect(url: str, max_connections: int = 256, pool_wait: float = 10.0) -> Redis:
+def connect(
+    url: str,
+    max_connections: int = 256,
+    pool_wait: float = 10.0,
+    pool_class: type[ConnectionPool] = BlockingConnectionPool,
+) -> Redis:
     """A client that fails fast when Redis is down (the default retries for seconds) and reconnects
     later. Its pool is bounded and blocking: a burst waits up to `pool_wait` for a connection
-    instead of being refused ("Too many connections"); each command holds one only while it runs."""
-    pool = BlockingConnectionPool.from_url(
+    instead of being refused ("Too many connections"); each command holds one only while it runs.
+    `pool_class` takes another pool with the same `timeout` argument (the benchmark's fair one)."""
+    pool = pool_class.from_url(
         url,
         max_connections=max_connections,
         timeout=pool_wait,
