@@ -135,11 +135,11 @@ def probe_buffer(turns: int, events_file: Path) -> dict[str, float]:
             await buffer.open(TurnInfo(turn_id, "default", f"web-{i:08d}", None, time.time()))
             for seq, data in enumerate(template[:half], 1):
                 # a distinct bytes object per event, of the real size, as the service writes them
-                await buffer.append(turn_id, seq, data.replace(model_turn.encode(), turn_id.encode()))
+                buffer.add(turn_id, seq, data.replace(model_turn.encode(), turn_id.encode()))
         active = rss()
         for turn_id in ids:
             for seq, data in enumerate(template[half:], half + 1):
-                await buffer.append(turn_id, seq, data.replace(model_turn.encode(), turn_id.encode()))
+                buffer.add(turn_id, seq, data.replace(model_turn.encode(), turn_id.encode()))
             await buffer.finish(turn_id)
         kept = rss()
         assert len(buffer) == turns

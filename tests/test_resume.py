@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 
 from msev15 import create_app
 from msev15.settings import Settings
-from msev15.stores.turns import MemoryTurnBuffer, TurnGone, TurnInfo
+from msev15.stores.turns import KEEPALIVE, MemoryTurnBuffer, TurnGone, TurnInfo
 from tests.openai_server import Reply, ScriptedOpenAI
 from tests.redis_server import RedisServer
 from tests.servers import serve_on_loopback
@@ -154,7 +154,7 @@ async def test_the_buffer_expires_and_caps_each_turn() -> None:
     buffer = MemoryTurnBuffer(keep_seconds=5, max_events=3, clock=lambda: clock[0])
     await buffer.open(TurnInfo("turn-aaaa", "t", "s", None, 0.0))
     for seq in range(1, 6):
-        await buffer.append("turn-aaaa", seq, b'{"seq": %d}' % seq)
+        buffer.add("turn-aaaa", seq, b'{"seq": %d}' % seq)
     await buffer.finish("turn-aaaa")
     replay = [item async for item in await buffer.read("turn-aaaa", 2)]
     assert [seq for seq, _ in replay] == [3, 4, 5]  # the cap dropped 1 and 2
@@ -166,6 +166,30 @@ async def test_the_buffer_expires_and_caps_each_turn() -> None:
     assert await buffer.latest("t", "s") is None and len(buffer) == 0
 
 
+async def test_a_quiet_turn_sends_keep_alives_and_a_busy_one_only_its_events() -> None:
+    buffer = MemoryTurnBuffer(keep_seconds=60)
+    await buffer.open(TurnInfo("turn-q", "t", "s", None, 0.0))
+    quiet = await buffer.read("turn-q", 0, idle=0.05)
+    busy = await buffer.read("turn-q", 0, idle=2.0)
+    started = time.monotonic()
+    assert await anext(quiet) is KEEPALIVE
+    assert time.monotonic() - started >= 0.05
+    assert await anext(quiet) is KEEPALIVE  # and again while it stays quiet
+
+    async def feed() -> None:
+        for seq in range(1, 6):
+            buffer.add("turn-q", seq, b"%d" % seq)
+            await asyncio.sleep(0.01)
+        await buffer.finish("turn-q")
+
+    feeding = asyncio.create_task(feed())
+    assert [item async for item in busy] == [(seq, b"%d" % seq) for seq in range(1, 6)]
+    await feeding
+    assert [item async for item in quiet if item is not KEEPALIVE] == [
+        (seq, b"%d" % seq) for seq in range(1, 6)
+    ]
+
+
 async def test_ended_turns_replay_exactly_and_the_oldest_go_first_over_the_total_cap() -> None:
     buffer = MemoryTurnBuffer(keep_seconds=300, max_kept_bytes=250)
     events = {f"turn-{n}": [b'{"n": %d, "e": "%s"}' % (n, b"x" * seq) for seq in range(5)] for n in range(4)}
@@ -173,7 +197,7 @@ async def test_ended_turns_replay_exactly_and_the_oldest_go_first_over_the_total
         await buffer.open(TurnInfo(turn_id, "t", turn_id, None, 0.0))
         live = await buffer.read(turn_id, 0)  # a reader that follows from the start
         for seq, data in enumerate(datas, 1):
-            await buffer.append(turn_id, seq, data)
+            buffer.add(turn_id, seq, data)
         await buffer.finish(turn_id)
         assert [item async for item in live] == list(enumerate(datas, 1))
     assert len(buffer) == 2  # 190 of 250 bytes kept: the two oldest were forgotten

@@ -148,8 +148,8 @@ async def test_a_lock_whose_holder_vanished_frees_itself_within_its_lease(redis_
 async def test_the_redis_turn_buffer_stores_a_batch_in_one_trip_and_a_repeated_batch_once(
     redis_server: RedisServer,
 ) -> None:
-    """Events queued together go in one pipeline; a batch repeated after a lost reply (the retry
-    through a Redis blip) adds only what had not landed."""
+    """Events added together go in one pipeline; a batch repeated after a lost reply (the retry
+    through a Redis blip) adds only what had not landed; finish stores what was added first."""
     from msev15.stores.turns import TurnInfo
     from msev15.stores.turns_redis import RedisTurnBuffer, reader_client
 
@@ -160,8 +160,10 @@ async def test_the_redis_turn_buffer_stores_a_batch_in_one_trip_and_a_repeated_b
         events = [(seq, b'{"seq": %d}' % seq) for seq in range(1, 4)]
         await buffer.extend("turn-b", events[:2])
         await buffer.extend("turn-b", events)  # 1 and 2 landed before: only 3 is new
+        for seq, data in ((4, b"4"), (5, b"5")):
+            buffer.add("turn-b", seq, data)  # never waits: sent in the background, together
         await buffer.finish("turn-b")
-        assert [item async for item in await buffer.read("turn-b")] == events
+        assert [item async for item in await buffer.read("turn-b")] == [*events, (4, b"4"), (5, b"5")]
     finally:
         await buffer.close()
         await writer.aclose()

@@ -103,6 +103,17 @@ async def _never_answers(n: int, head: bytes, writer: asyncio.StreamWriter) -> b
     return False
 
 
+async def _stalls_mid_body(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
+    """A chunk, a pause shorter than the client's read timeout, a chunk, then nothing more."""
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.write(b"6\r\nsecond\r\n")
+    await writer.drain()
+    await asyncio.sleep(5)
+    return False
+
+
 async def _long_chunked(n: int, head: bytes, writer: asyncio.StreamWriter) -> bool:
     writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     for i in range(50):
@@ -212,6 +223,24 @@ async def test_read_timeout_and_connect_error_map_to_httpx_errors(raw_server: Ra
             await http.get("http://127.0.0.1:9/")
         with pytest.raises(httpx2.UnsupportedProtocol):
             await http.get("ftp://127.0.0.1/")
+
+
+@pytest.mark.parametrize("raw_server", [_stalls_mid_body], indirect=True)
+async def test_the_read_timeout_counts_each_wait_for_the_server_not_the_readers_pauses(
+    raw_server: RawServer,
+) -> None:
+    async with httpx2.AsyncClient(transport=LeanTransport(), timeout=httpx2.Timeout(0.25)) as http:
+        async with http.stream("GET", f"http://127.0.0.1:{raw_server.port}/") as response:
+            parts = response.aiter_raw()
+            assert await anext(parts) == b"first"
+            await asyncio.sleep(0.4)  # a slow reader: longer than the timeout, while "second" arrives
+            assert await anext(parts) == b"second"
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(httpx2.ReadTimeout):
+                await anext(parts)  # the server stalls: this wait alone times out
+            assert 0.25 <= loop.time() - started < 1.0
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]  # the timeout's cancel was taken back
 
 
 @pytest.mark.parametrize("raw_server", [_interim_answers_first], indirect=True)

@@ -2,8 +2,9 @@
 
 A transport starts a turn, then reads its numbered events from the buffer like any resuming
 client; closing the connection stops the reading, never the turn. Only a stop (the customer's
-stop button or frame) cancels it; the turn then ends with `done` marked interrupted. Tokens that
-arrive together leave as one event, numbered before they are stored, so a replay is identical.
+stop button or frame) cancels it; the turn then ends with `done` marked interrupted. The turn's
+own task numbers each event and adds it to the buffer, which never makes it wait: text that
+arrived in one network read is already one event (the model readers join it).
 """
 
 from __future__ import annotations
@@ -14,20 +15,16 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
-from msev15.agent.events import DoneEvent, ErrorEvent, TokenEvent, Turn, event_dict
+from msev15.agent.events import DoneEvent, ErrorEvent, Event, TokenEvent, Turn, event_dict
 from msev15.agent.loop import Agent, TurnRefused
 from msev15.principal import UserScope
 from msev15.stores.sessions.base import visible
 from msev15.stores.turns import TurnBuffer, TurnInfo
 
 log = logging.getLogger(__name__)
-
-_END: Any = object()
-_STOPPED: Any = object()
 
 
 def new_turn_id() -> str:
@@ -38,8 +35,9 @@ def new_turn_id() -> str:
 class _Running:
     turn: Turn
     turn_id: str
-    agent_task: asyncio.Task[None] | None = None
-    publisher: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None
+    seq: int = 0
+    stopping: bool = False
     text: list[str] = field(default_factory=list)
 
 
@@ -55,20 +53,17 @@ class TurnRunner:
     async def start(self, turn: Turn) -> str:
         """Start `turn`; return its id once it is under way, or raise its TurnRefused."""
         run = _Running(turn, new_turn_id())
-        queue: asyncio.Queue[Any] = asyncio.Queue()
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        run.agent_task = asyncio.create_task(self._produce(run, queue, ready), name="turn")
+        run.task = asyncio.create_task(self._run(run, ready), name="turn")
         try:
             await asyncio.shield(ready)
-        except BaseException:  # refused before it began (or the caller left while it waited)
-            run.agent_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run.agent_task
+        except BaseException:
+            began = ready.done() and not ready.cancelled() and ready.exception() is None
+            if not began:  # refused before it began, or the caller left while it waited
+                run.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run.task
             raise
-        turn_key = (turn.tenant_id, turn.session_id)
-        self._running[run.turn_id] = run
-        self._by_session[turn_key] = run.turn_id
-        run.publisher = asyncio.create_task(self._publish(run, queue), name="turn-publisher")
         return run.turn_id
 
     async def _open(self, run: _Running) -> None:
@@ -83,71 +78,55 @@ class TurnRunner:
             raise TurnRefused(
                 "unavailable", "the turn buffer is unavailable; try again", retry_after=1
             ) from None
+        self._running[run.turn_id] = run
+        self._by_session[(turn.tenant_id, turn.session_id)] = run.turn_id
 
-    async def _produce(self, run: _Running, queue: asyncio.Queue[Any], ready: asyncio.Future[None]) -> None:
+    async def _run(self, run: _Running, ready: asyncio.Future[None]) -> None:
         async def opened() -> None:
             await self._open(run)
-            if not ready.done():
-                ready.set_result(None)
+            ready.set_result(None)
 
         try:
             async for event in self.agent.run(run.turn, opened):
-                queue.put_nowait(event)
+                self._add(run, event)
         except TurnRefused as exc:
             if not ready.done():
                 ready.set_exception(exc)
                 return
-            queue.put_nowait(ErrorEvent(exc.message, exc.code))
+            self._add(run, ErrorEvent(exc.message, exc.code))
         except asyncio.CancelledError:
             if not ready.done():
                 raise
-            queue.put_nowait(_STOPPED)
+            self._add(run, await self._interrupted(run))
         except Exception as exc:  # the agent turns its own failures into events; this is a last resort
             log.exception("turn %s failed", run.turn_id)
             if not ready.done():  # the caller answers 500 instead of waiting for ever
                 ready.set_exception(exc)
                 return
-            queue.put_nowait(ErrorEvent("internal error", "internal_error"))
+            self._add(run, ErrorEvent("internal error", "internal_error"))
         finally:
             if not ready.done():
                 ready.set_exception(RuntimeError("the turn ended before it began"))
-            elif not ready.cancelled() and ready.exception() is None:
-                queue.put_nowait(_END)
+            elif ready.exception() is None:
+                await self._end(run)
 
-    async def _publish(self, run: _Running, queue: asyncio.Queue[Any]) -> None:
-        """Number the events (tokens queued together merged into one) and store them in order: all
-        that queued up while the last ones were stored go together, in one round trip."""
-        turn, seq, ended = run.turn, 0, False
+    def _add(self, run: _Running, event: Event) -> None:
+        """Number the event and add its wire form to the buffer (which never waits)."""
+        turn = run.turn
+        if isinstance(event, TokenEvent):
+            run.text.append(event.content)
+        run.seq += 1
+        body = event_dict(event, turn.tenant_id, turn.session_id)
+        body["turn_id"], body["seq"] = run.turn_id, run.seq
+        self.buffer.add(run.turn_id, run.seq, orjson.dumps(body))
+
+    async def _end(self, run: _Running) -> None:
+        turn = run.turn
         try:
-            while not ended:
-                batch: list[tuple[int, bytes]] = []
-                item = await queue.get()
-                while True:
-                    if item is _END:
-                        ended = True
-                        break
-                    if item is _STOPPED:
-                        item = await self._interrupted(run)
-                    elif isinstance(item, TokenEvent) and not queue.empty():
-                        item = _merged(item, queue)
-                    if isinstance(item, TokenEvent):
-                        run.text.append(item.content)
-                    seq += 1
-                    body = event_dict(item, turn.tenant_id, turn.session_id)
-                    body["turn_id"], body["seq"] = run.turn_id, seq
-                    batch.append((seq, orjson.dumps(body)))
-                    if queue.empty():
-                        break
-                    item = queue.get_nowait()
-                if batch:
-                    await self.buffer.extend(run.turn_id, batch)
-        except Exception:
-            log.exception("turn %s could not be buffered", run.turn_id)
+            await self.buffer.finish(run.turn_id)
+        except Exception:  # its readers then stop at their idle bound, not at the end marker
+            log.exception("turn %s could not be marked finished", run.turn_id)
         finally:
-            try:
-                await self.buffer.finish(run.turn_id)
-            except Exception:  # its readers then stop at their idle bound, not at the end marker
-                log.exception("turn %s could not be marked finished", run.turn_id)
             self._running.pop(run.turn_id, None)
             key = (turn.tenant_id, turn.session_id)
             if self._by_session.get(key) == run.turn_id:
@@ -174,16 +153,16 @@ class TurnRunner:
         if found is None or (found.turn.tenant_id, found.turn.session_id) != (tenant_id, session_id):
             return None
         owner = found.turn.principal.user_id if found.turn.principal is not None else None
-        if not visible(owner, scope) or found.agent_task is None or found.agent_task.done():
+        if not visible(owner, scope) or found.task is None or found.task.done():
             return None
-        found.agent_task.cancel()
+        if not found.stopping:  # once: a second stop must not cut short the stopped turn's ending
+            found.stopping = True
+            found.task.cancel()
         return found.turn_id
 
     async def drain(self, within: float) -> None:
         """At shutdown: let running turns finish and be stored (bounded), then stop the rest."""
-        tasks = [
-            t for r in list(self._running.values()) for t in (r.agent_task, r.publisher) if t is not None
-        ]
+        tasks = [r.task for r in list(self._running.values()) if r.task is not None]
         if not tasks:
             return
         log.info("waiting up to %g s for %d running turns", within, len(self._running))
@@ -192,13 +171,3 @@ class TurnRunner:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-
-
-def _merged(first: TokenEvent, queue: asyncio.Queue[Any]) -> TokenEvent:
-    parts = [first.content]
-    while not queue.empty():
-        nxt = queue._queue[0]  # type: ignore[attr-defined]  # peek, no await
-        if not isinstance(nxt, TokenEvent):
-            break
-        parts.append(queue.get_nowait().content)
-    return TokenEvent("".join(parts))

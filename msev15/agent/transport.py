@@ -315,44 +315,51 @@ class _Body(httpx2.AsyncByteStream):
             return
         reader = self._connection.reader
         kind, remaining = self._framing
+        clock = _ReadClock(self._timeout)
         try:
             if kind == "length":
                 while remaining > 0:
-                    async with asyncio.timeout(self._timeout):
-                        data = await reader.read(min(remaining, _READ_SIZE))
+                    clock.reading()
+                    data = await reader.read(min(remaining, _READ_SIZE))
+                    clock.idle()
                     if not data:
                         raise httpx2.RemoteProtocolError("the body ended early", request=self._request)
                     remaining -= len(data)
                     yield data
             elif kind == "chunked":
                 while True:
-                    async with asyncio.timeout(self._timeout):
-                        size_line = await reader.readuntil(b"\r\n")
-                        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-                        if size == 0:
-                            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                                pass  # trailers
-                            break
-                        data = await reader.readexactly(size + 2)
-                        parts = [data[:-2]]
-                        while (whole := _buffered_chunk(reader)) is not None:  # handed over together
-                            start, end = whole
-                            data = await reader.readexactly(end)  # already here: returns at once
-                            parts.append(data[start:-2])
+                    clock.reading()
+                    size_line = await reader.readuntil(b"\r\n")
+                    size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                    if size == 0:
+                        while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                            pass  # trailers
+                        break
+                    data = await reader.readexactly(size + 2)
+                    parts = [data[:-2]]
+                    while (whole := _buffered_chunk(reader)) is not None:  # handed over together
+                        start, end = whole
+                        data = await reader.readexactly(end)  # already here: returns at once
+                        parts.append(data[start:-2])
+                    clock.idle()
                     yield parts[0] if len(parts) == 1 else b"".join(parts)
             else:
                 while True:
-                    async with asyncio.timeout(self._timeout):
-                        data = await reader.read(_READ_SIZE)
+                    clock.reading()
+                    data = await reader.read(_READ_SIZE)
+                    clock.idle()
                     if not data:
                         break
                     yield data
             self._complete = True
-        except TimeoutError:
-            raise httpx2.ReadTimeout("the server stopped sending", request=self._request) from None
+        except asyncio.CancelledError:
+            if clock.expired():
+                raise httpx2.ReadTimeout("the server stopped sending", request=self._request) from None
+            raise
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             raise httpx2.RemoteProtocolError("the body broke off", request=self._request) from None
         finally:
+            clock.close()
             self._release()
 
     async def aclose(self) -> None:
@@ -366,6 +373,60 @@ class _Body(httpx2.AsyncByteStream):
             self._transport._checkin(self._key, connection)
         else:
             connection.close()  # unread bytes would corrupt the next response on this connection
+
+
+class _ReadClock:
+    """The read timeout of a body: no single read may wait longer than `timeout`.
+
+    What `asyncio.timeout` around each read does, for a fraction of its cost on a long stream:
+    a read only notes when it began, and the one timer re-arms itself lazily when it fires, so a
+    streamed answer costs a timer per `timeout` seconds instead of one per chunk. Time the
+    consumer spends between reads does not count.
+    """
+
+    __slots__ = ("_timeout", "_loop", "_task", "_began", "_timer", "_expired")
+
+    def __init__(self, timeout: float | None) -> None:
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[Any] | None = None  # the one reading now
+        self._began: float | None = None  # when the read in progress began; None between reads
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    def reading(self) -> None:
+        if self._timeout is None:
+            return
+        self._task = asyncio.current_task()
+        self._began = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._began + self._timeout, self._check)
+
+    def idle(self) -> None:
+        self._began = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._began is None or self._timeout is None:
+            return  # between reads: the next read arms it again
+        due = self._began + self._timeout
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+        elif self._task is not None:
+            self._expired = True
+            self._task.cancel()
+
+    def expired(self) -> bool:
+        """Whether the cancellation being handled is this clock's (then it is taken back)."""
+        if not self._expired or self._task is None:
+            return False
+        self._expired = False
+        return self._task.uncancel() == 0
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _buffered_chunk(reader: asyncio.StreamReader) -> tuple[int, int] | None:

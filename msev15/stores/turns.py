@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 KEEPALIVE = None  # what `read` yields while a live turn has been quiet for `idle` seconds
+_TICK: Any = object()  # a waiting reader's wake-up that is a keep-alive, not an event
 
 
 class TurnGone(Exception):
@@ -42,16 +43,14 @@ class TurnBuffer(Protocol):
 
     async def open(self, info: TurnInfo) -> None: ...
 
-    async def append(self, turn_id: str, seq: int, data: bytes) -> None:
-        """Add the next event; never waits for readers."""
-        ...
-
-    async def extend(self, turn_id: str, events: list[tuple[int, bytes]]) -> None:
-        """Add the next events, in order, together (one round trip where the buffer is remote)."""
+    def add(self, turn_id: str, seq: int, data: bytes) -> None:
+        """Add the next event. Never waits, for readers or for a remote server: a remote buffer sends
+        in the background, in order, what queued up together in one round trip."""
         ...
 
     async def finish(self, turn_id: str) -> None:
-        """The turn ended: readers drain what is left and stop; the buffer expires later."""
+        """The turn ended (once what was added is stored): readers drain what is left and stop; the
+        buffer expires later."""
         ...
 
     async def read(
@@ -81,15 +80,15 @@ class _Turn:
     dropped: int = 0  # events dropped from the front to respect the caps
     size: int = 0
     ended_at: float | None = None
-    wake: asyncio.Event | None = field(default_factory=asyncio.Event)  # None once ended
+    waiters: list[asyncio.Future[Any]] | None = field(default_factory=list)  # None once ended
     packed: bytes = b""  # an ended turn's events, joined: far less memory than a list of them
     ends: array[int] = field(default_factory=lambda: array("I"))  # where each packed event ends
 
     def __len__(self) -> int:
-        return len(self.ends) if self.wake is None else len(self.entries)
+        return len(self.ends) if self.waiters is None else len(self.entries)
 
     def entry(self, index: int) -> bytes:
-        if self.wake is not None:
+        if self.waiters is not None:
             return self.entries[index]
         return self.packed[self.ends[index - 1] if index else 0 : self.ends[index]]
 
@@ -98,9 +97,17 @@ class _Turn:
         self.ended_at = at
         self.ends = array("I", itertools.accumulate(len(e) for e in self.entries))
         self.packed, self.entries = b"".join(self.entries), []
-        wake, self.wake = self.wake, None
-        if wake is not None:
-            wake.set()
+        self.wake()
+        self.waiters = None
+
+    def wake(self) -> None:
+        """Wake the readers waiting for what comes next."""
+        waiters = self.waiters
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            waiters.clear()
 
 
 class MemoryTurnBuffer:
@@ -132,9 +139,9 @@ class MemoryTurnBuffer:
         self._turns[info.turn_id] = _Turn(info)
         self._latest[(info.tenant_id, info.session_id)] = info.turn_id
 
-    async def append(self, turn_id: str, seq: int, data: bytes) -> None:
+    def add(self, turn_id: str, seq: int, data: bytes) -> None:
         turn = self._turns.get(turn_id)
-        if turn is None or turn.wake is None:
+        if turn is None or turn.waiters is None:
             return
         turn.entries.append(data)
         turn.size += len(data)
@@ -142,16 +149,11 @@ class MemoryTurnBuffer:
             gone = turn.entries.pop(0)
             turn.size -= len(gone)
             turn.dropped += 1
-        wake, turn.wake = turn.wake, asyncio.Event()  # readers wait on the event of their moment
-        wake.set()
-
-    async def extend(self, turn_id: str, events: list[tuple[int, bytes]]) -> None:
-        for seq, data in events:
-            await self.append(turn_id, seq, data)
+        turn.wake()
 
     async def finish(self, turn_id: str) -> None:
         turn = self._turns.get(turn_id)
-        if turn is None or turn.wake is None:
+        if turn is None or turn.waiters is None:
             return
         turn.end(self._clock())
         self._ended[turn_id] = turn
@@ -180,25 +182,28 @@ class MemoryTurnBuffer:
         self, turn: _Turn, after: int, idle: float | None
     ) -> AsyncIterator[tuple[int, bytes] | None]:
         position = after  # events are numbered from 1 without gaps: entry k holds dropped + k + 1
-        while True:
-            index = position - turn.dropped  # again after every yield: the cap may have dropped some
-            if index < 0:  # the reader fell behind the cap while it was away
-                raise TurnGone(turn.info.turn_id)
-            if index < len(turn):
-                position += 1
-                yield position, turn.entry(index)
-                continue
-            wake = turn.wake
-            if wake is None:  # ended, and all of it read
-                return
-            if idle is None:
-                await wake.wait()
-                continue
-            try:
-                async with asyncio.timeout(idle):
-                    await wake.wait()
-            except TimeoutError:
-                yield KEEPALIVE
+        loop = asyncio.get_running_loop()
+        quiet = _Quiet(loop, idle) if idle is not None else None
+        try:
+            while True:
+                index = position - turn.dropped  # again after every yield: the cap may have dropped some
+                if index < 0:  # the reader fell behind the cap while it was away
+                    raise TurnGone(turn.info.turn_id)
+                if index < len(turn):
+                    position += 1
+                    yield position, turn.entry(index)
+                    continue
+                if turn.waiters is None:  # ended, and all of it read
+                    return
+                waiter: asyncio.Future[Any] = loop.create_future()
+                turn.waiters.append(waiter)
+                if quiet is not None:
+                    quiet.watch(waiter)
+                if await waiter is _TICK:
+                    yield KEEPALIVE
+        finally:
+            if quiet is not None:
+                quiet.close()
 
     def _live(self, turn_id: str) -> _Turn | None:
         self._expire()
@@ -228,7 +233,7 @@ class MemoryTurnBuffer:
 
     async def close(self) -> None:
         for turn in self._turns.values():
-            if turn.wake is not None:
+            if turn.waiters is not None:
                 turn.end(self._clock())
         self._turns.clear()
         self._latest.clear()
@@ -237,3 +242,41 @@ class MemoryTurnBuffer:
 
     def __len__(self) -> int:
         return len(self._turns)
+
+
+class _Quiet:
+    """Wakes a waiting reader with a keep-alive once it has waited `idle` seconds.
+
+    The timer is re-armed lazily, when it fires, instead of once per wait: a reader of a busy turn
+    costs one timer per `idle` seconds, not one per event.
+    """
+
+    __slots__ = ("_loop", "_idle", "_waiter", "_since", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle: float) -> None:
+        self._loop = loop
+        self._idle = idle
+        self._waiter: asyncio.Future[Any] | None = None
+        self._since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, waiter: asyncio.Future[Any]) -> None:
+        self._waiter, self._since = waiter, self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._since + self._idle, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait arms it again
+        due = self._since + self._idle
+        if self._loop.time() >= due:
+            waiter.set_result(_TICK)
+        else:
+            self._timer = self._loop.call_at(due, self._check)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

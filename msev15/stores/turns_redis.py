@@ -7,14 +7,18 @@ Keys (the turn id is URL-safe, so it needs no encoding):
     {prefix}:turn:<turn_id>:info     hash: tenant_id, session_id, user_id, started_at
     {prefix}:latest:<tenant>:<session>   the session's newest turn id (tenant and session encoded)
 
-The writer adds with XADD (capped with MAXLEN) and never waits for readers; readers replay with
-XRANGE and follow with XREAD BLOCK on their own connections, so a waiting reader never takes a
-connection a turn needs.
+The writer adds with XADD (capped with MAXLEN) and never waits: a turn's events go out from a
+sender task of its own, all that queued up during the last round trip in the next one. Readers
+replay with XRANGE and follow with XREAD BLOCK on their own connections, so a waiting reader
+never takes a connection a turn needs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +30,17 @@ from msev15.stores.sessions.redis import retrying
 from msev15.stores.turns import KEEPALIVE, TurnGone, TurnInfo
 
 _LIVE_TTL_MS = 3_600_000  # a running turn's keys outlive any turn timeout; finish() shortens it
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """A turn's events on their way to Redis."""
+
+    events: list[tuple[int, bytes]] = field(default_factory=list)
+    sender: asyncio.Task[None] | None = None
+    failed: bool = False  # Redis stayed away past the retry window: the rest is dropped
 
 
 class RedisTurnBuffer:
@@ -44,6 +59,7 @@ class RedisTurnBuffer:
         self.keep_seconds = keep_seconds
         self.max_events = max_events
         self.prefix = prefix
+        self._outgoing: dict[str, _Outgoing] = {}
 
     def _stream(self, turn_id: str) -> str:
         return f"{self.prefix}:turn:{turn_id}"
@@ -70,8 +86,26 @@ class RedisTurnBuffer:
 
         await retrying(write, self.retry_window)
 
-    async def append(self, turn_id: str, seq: int, data: bytes) -> None:
-        await self.extend(turn_id, [(seq, data)])
+    def add(self, turn_id: str, seq: int, data: bytes) -> None:
+        out = self._outgoing.get(turn_id)
+        if out is None:
+            out = self._outgoing[turn_id] = _Outgoing()
+        if out.failed:
+            return
+        out.events.append((seq, data))
+        if out.sender is None:
+            out.sender = asyncio.create_task(self._send(turn_id, out), name="turn-buffer-send")
+
+    async def _send(self, turn_id: str, out: _Outgoing) -> None:
+        try:
+            while out.events:
+                batch, out.events = out.events, []
+                await self.extend(turn_id, batch)
+        except Exception:  # its readers then miss the rest and stop at the end marker or their idle bound
+            out.failed, out.events = True, []
+            log.exception("turn %s could not be buffered", turn_id)
+        finally:
+            out.sender = None
 
     async def extend(self, turn_id: str, events: list[tuple[int, bytes]]) -> None:
         """One pipelined round trip, retried through a blip: each entry id is its seq, so a repeat of
@@ -90,6 +124,9 @@ class RedisTurnBuffer:
         await retrying(add, self.retry_window)
 
     async def finish(self, turn_id: str) -> None:
+        out = self._outgoing.pop(turn_id, None)
+        if out is not None and out.sender is not None:
+            await asyncio.shield(out.sender)  # what was added goes first; a cancelled finish leaves it going
         stream = self._stream(turn_id)
         keep = max(1, int(self.keep_seconds * 1000))
 
