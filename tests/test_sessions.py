@@ -283,6 +283,55 @@ async def test_lock_excludes_other_instances(make_store: MakeStore, kind: str) -
     assert found is not None and [m.content for m in found.messages][::2] == ["first", "second"]
 
 
+async def test_reads_under_the_lock_see_the_last_write_of_any_instance_and_their_own(
+    make_store: MakeStore, kind: str, clock: Clock
+) -> None:
+    """The SQLite store reads the session with the lease it takes; what its holder gets must still be
+    what a plain read would give: another instance's write before the lock, the holder's own writes,
+    the owner rule and the expiry."""
+    a = await make_store()
+    b = await make_store() if kind != "memory" else a
+    await b.save_turn("t", "s", turn("elsewhere"), user="ann")
+    async with a.lock("t", "s"):
+        found = await a.get("t", "s", "ann")
+        assert found is not None and found.messages[0].content == "elsewhere"
+        assert await a.get("t", "s", "bob") is None  # another customer's session reads as absent
+        await a.save_turn("t", "s", turn("mine"), user="ann")
+        found = await a.get("t", "s", "ann")
+        assert found is not None and [m.content for m in found.messages][::2] == ["elsewhere", "mine"]
+    async with a.lock("t", "s"):
+        clock.now += 61  # past the 60 s TTL while the lock is held
+        assert await a.get("t", "s") is None
+    assert await a.get("t", "s") is None
+
+
+async def test_a_sqlite_turn_costs_two_database_calls(make_store: MakeStore, kind: str) -> None:
+    """The lease comes with the session's row, and goes with the turn's last save: a turn that
+    reads and saves its session costs two calls, and another worker may take the session as soon
+    as that save is committed."""
+    if kind != "sqlite":
+        pytest.skip("the SQLite store's calls to its connection thread")
+    store, other = await make_store(), await make_store(lock_wait=0.2)
+    await store.save_turn("t", "s", turn("before"))
+    calls: list[str] = []
+    run = store._db.run
+
+    async def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        calls.append(fn.__name__)
+        return await run(fn, *args)
+
+    store._db.run = counted
+    async with store.lock("t", "s"):
+        found = await store.get("t", "s")
+        assert found is not None
+        await store.save_turn("t", "s", turn("approval taken"))  # not the last: the lease stays
+        await store.save_turn("t", "s", turn("after"), last=True)
+        async with other.lock("t", "s"):  # another worker's next turn needs no wait
+            found = await other.get("t", "s")
+            assert found is not None and [m.content for m in found.messages][::2][-1] == "after"
+    assert calls == ["_take_lease", "_save", "_save"]
+
+
 async def test_busy_lock_waits_a_bounded_time(make_store: MakeStore, kind: str) -> None:
     if kind == "memory":
         pytest.skip("the memory store waits as long as the turn it waits for")

@@ -412,8 +412,13 @@ class Agent:
             messages.append(
                 Message("assistant", cx.state.answer, time.time(), cx.state.tool_calls or None, interrupted)
             )
-        return await self.sessions.save_turn(
-            cx.turn.tenant_id, cx.turn.session_id, messages, metadata=cx.metadata(), user=cx.turn.scope
+        return await self.sessions.save_turn(  # the turn's final write: it leaves the lock next
+            cx.turn.tenant_id,
+            cx.turn.session_id,
+            messages,
+            metadata=cx.metadata(),
+            user=cx.turn.scope,
+            last=True,
         )
 
     async def _save_partial(self, cx: _Context) -> bool:

@@ -126,9 +126,12 @@ class SessionStore(Protocol):
         messages: list[Message],
         metadata: dict[str, Any] | None = None,
         user: UserScope = ANY_USER,
+        last: bool = False,
     ) -> Session:
         """Append a turn's messages (and replace metadata when given) atomically; creates the session.
 
+        `last`: the lock holder's final write of its turn (it leaves the lock right after); a store
+        whose lock is a record of its own may release it in the same write.
         Raises SessionOwnedElsewhere when the session exists but `user` may not see it.
         """
         ...

@@ -61,6 +61,7 @@ class MemorySessionStore:
         messages: list[Message],
         metadata: dict[str, Any] | None = None,
         user: UserScope = ANY_USER,
+        last: bool = False,  # noqa: ARG002 - the lock is released on leaving it
     ) -> Session:
         key = (tenant_id, session_id)
         now = self._clock()

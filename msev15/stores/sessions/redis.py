@@ -306,6 +306,7 @@ class RedisSessionStore:
         messages: list[Message],
         metadata: dict[str, Any] | None = None,
         user: UserScope = ANY_USER,
+        last: bool = False,  # noqa: ARG002 - the lock is released on leaving it
     ) -> Session:
         now = self._clock()
         args: list[Any] = [

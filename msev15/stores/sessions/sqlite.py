@@ -6,17 +6,20 @@ runs, so a crashed worker's lease simply runs out). Several hosts need the Redis
 
 Every store call is one function run in the connection's own thread (one hop off the event
 loop, one short transaction): workers contend only for SQLite's write lock, briefly, never for
-a Python lock held across an await.
+a Python lock held across an await. Taking the lease also reads the session, which the turn
+holding it then gets without another call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,6 +99,26 @@ INSERT INTO chat_session_counts (tenant_id, sessions)
 _COLUMNS = "tenant_id, session_id, created_at, last_activity, metadata, messages, user_id"
 
 
+@dataclass(slots=True)
+class _Held:
+    """The session a turn (task) holds the lease of, as read with it and as the turn last wrote it."""
+
+    tenant_id: str
+    session_id: str
+    row: Any
+    released: bool = False  # by the turn's last save, in the same transaction
+
+
+_HELD: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("held_session", default=None)
+
+
+def _holding(tenant_id: str, session_id: str) -> _Held | None:
+    held = _HELD.get()
+    if held is None or held.released or (held.tenant_id, held.session_id) != (tenant_id, session_id):
+        return None
+    return held
+
+
 def _owned(user: UserScope) -> tuple[str, tuple[str, ...]]:
     """The WHERE condition that scopes a query to one end user's sessions (none for tenant-wide)."""
     return (" AND user_id = ?", (user,)) if isinstance(user, str) else ("", ())
@@ -161,35 +184,51 @@ class SqliteSessionStore:
     @contextlib.asynccontextmanager
     async def _hold(self, tenant_id: str, session_id: str) -> AsyncIterator[None]:
         async with self._locks.hold((tenant_id, session_id)):
-            await self._acquire_lease(tenant_id, session_id)
+            held = _Held(tenant_id, session_id, await self._acquire_lease(tenant_id, session_id))
+            token = _HELD.set(held)
             try:
-                renew = partial(self._renew_lease, tenant_id, session_id)
+                renew = partial(self._renew_lease, held)
                 async with renewed(self.lock_timeout / 3, renew, f"session {session_id!r}"):
                     yield
             finally:
-                try:
-                    await self._call(_drop_lease, tenant_id, session_id, self._owner)
-                except SessionStoreUnavailable:
-                    pass  # the lease runs out by itself
+                _HELD.reset(token)
+                if not held.released:
+                    try:
+                        await self._call(_drop_lease, tenant_id, session_id, self._owner)
+                    except SessionStoreUnavailable:
+                        pass  # the lease runs out by itself
 
-    async def _acquire_lease(self, tenant_id: str, session_id: str) -> None:
-        """Take the cross-process lease, polling with a growing pause while another worker holds it."""
+    async def _acquire_lease(self, tenant_id: str, session_id: str) -> Any:
+        """Take the cross-process lease, polling with a growing pause while another worker holds it;
+        the session's row (or None) as it is once the lease is ours."""
         deadline = time.monotonic() + self.lock_wait
         pause = 0.01
-        while not await self._call(_take_lease, tenant_id, session_id, self._owner, self.lock_timeout):
+        while True:
+            taken, row = await self._call(_take_lease, tenant_id, session_id, self._owner, self.lock_timeout)
+            if taken:
+                return row
             if time.monotonic() + pause > deadline:
                 raise SessionStoreUnavailable("another turn on this session is still running; try again")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.2)
 
-    async def _renew_lease(self, tenant_id: str, session_id: str) -> bool:
-        return await self._call(_renew_lease, tenant_id, session_id, self._owner, self.lock_timeout)
+    async def _renew_lease(self, held: _Held) -> bool:
+        if held.released:
+            return True  # the turn is done with it
+        return await self._call(_renew_lease, held.tenant_id, held.session_id, self._owner, self.lock_timeout)
 
     # Reads and writes ------------------------------------------------------------------
 
     async def get(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> Session | None:
         cutoff = self._clock() - self.ttl
-        row = await self._call(_read, tenant_id, session_id, cutoff, user)
+        held = _holding(tenant_id, session_id)
+        if held is not None:
+            # Read with this turn's lease: no other turn has written it since, and none can.
+            row = held.row
+            if row is not None and (row[3] < cutoff or (isinstance(user, str) and row[6] != user)):
+                row = None  # what _read's WHERE would have left out
+        else:
+            row = await self._call(_read, tenant_id, session_id, cutoff, user)
         return _session(row) if row is not None else None
 
     async def save_turn(
@@ -199,12 +238,17 @@ class SqliteSessionStore:
         messages: list[Message],
         metadata: dict[str, Any] | None = None,
         user: UserScope = ANY_USER,
+        last: bool = False,
     ) -> Session:
         now = self._clock()
         records = [m.to_record() for m in messages]
         meta = dumps(metadata) if metadata is not None else None
         limits = (self.ttl, self.max_sessions, self.max_per_tenant, self.max_messages)
-        row = await self._call(_save, tenant_id, session_id, records, meta, user, now, limits)
+        held = _holding(tenant_id, session_id)
+        release = self._owner if last and held is not None else None  # the lease goes with this write
+        row = await self._call(_save, tenant_id, session_id, records, meta, user, now, limits, release)
+        if held is not None:
+            held.row, held.released = row, release is not None  # the holder's next read sees its write
         return _session(row)
 
     async def list(self, tenant_id: str, user: UserScope = ANY_USER) -> list[Session]:
@@ -249,7 +293,11 @@ def _add_owner_column(db: sqlite3.Connection) -> None:
             raise
 
 
-def _take_lease(db: sqlite3.Connection, tenant_id: str, session_id: str, owner: str, lease: float) -> bool:
+def _take_lease(
+    db: sqlite3.Connection, tenant_id: str, session_id: str, owner: str, lease: float
+) -> tuple[bool, Any]:
+    """Whether the lease is ours now, and then the session's row (unfiltered: the caller applies
+    the expiry and owner rules of `_read`)."""
     now = time.time()
     cursor = db.execute(
         "INSERT INTO chat_session_leases (tenant_id, session_id, owner, expires_at) VALUES (?, ?, ?, ?)"
@@ -258,7 +306,13 @@ def _take_lease(db: sqlite3.Connection, tenant_id: str, session_id: str, owner: 
         " WHERE chat_session_leases.expires_at < ? OR chat_session_leases.owner = excluded.owner",
         (tenant_id, session_id, owner, now + lease, now),
     )
-    return cursor.rowcount > 0
+    if cursor.rowcount <= 0:
+        return False, None
+    row = db.execute(
+        f"SELECT {_COLUMNS} FROM chat_sessions WHERE tenant_id = ? AND session_id = ?",
+        (tenant_id, session_id),
+    ).fetchone()
+    return True, row
 
 
 def _renew_lease(db: sqlite3.Connection, tenant_id: str, session_id: str, owner: str, lease: float) -> bool:
@@ -294,6 +348,7 @@ def _save(
     user: UserScope,
     now: float,
     limits: tuple[float, int, int, int],
+    release: str | None = None,
 ) -> tuple[Any, ...]:
     ttl, max_sessions, max_per_tenant, max_messages = limits
     cutoff = now - ttl
@@ -325,6 +380,8 @@ def _save(
             " messages = excluded.messages, user_id = excluded.user_id, touched = excluded.touched",
             saved,
         )
+        if release is not None:
+            _drop_lease(db, tenant_id, session_id, release)
     return saved
 
 
