@@ -97,7 +97,8 @@ class ResumeFrame(BaseModel):
 
 
 class _Channel:
-    """One socket's state: the send lock, the queued jobs and the turn it is following.
+    """One socket's state: the send lock, the queued jobs (run one after another by the worker) and
+    the turn it is following.
 
     Closing the socket stops the following, never the turn: a client may resume it elsewhere.
     """
@@ -106,7 +107,6 @@ class _Channel:
         self._send_lock = asyncio.Lock()
         self._jobs: deque[ChatFrame | ResumeFrame] = deque()
         self._worker: asyncio.Task[None] | None = None
-        self._current: asyncio.Task[None] | None = None
         self._turn: tuple[str, str, UserScope, str] | None = None  # tenant, session, scope, turn id followed
 
     async def serve(self) -> None:
@@ -119,11 +119,10 @@ class _Channel:
 
     async def _shutdown(self) -> None:
         """Stop following and the worker; running turns go on and stay resumable."""
-        tasks = [t for t in (self._current, self._worker) if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        worker = self._worker
+        if worker is not None and not worker.done():
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
 
     async def _on_frame(self, raw: str | bytes) -> None:
         limit = services().settings.max_request_bytes  # the same cap as an HTTP body
@@ -173,17 +172,17 @@ class _Channel:
             services().runner.stop(*self._turn)
 
     async def _work(self) -> None:
-        """Run queued jobs in order, each in its own task so a failure ends only that job."""
+        """Run queued jobs in order; a failure ends only its job (the next one still runs)."""
         while self._jobs:
             job = self._jobs.popleft()
             g.request_id = uuid.uuid4().hex  # one id per turn, as each HTTP request has its own
             request_id_var.set(g.request_id)
-            run = self._chat(job) if isinstance(job, ChatFrame) else self._resume(job)
-            self._current = asyncio.create_task(run, name="ws-turn")
-            await asyncio.wait({self._current})
-            if not self._current.cancelled() and (failure := self._current.exception()) is not None:
+            try:
+                await (self._chat(job) if isinstance(job, ChatFrame) else self._resume(job))
+            except Exception as failure:
                 log.warning("websocket job ended early: %r", failure)  # e.g. the send failed
-            self._current, self._turn = None, None
+            finally:
+                self._turn = None
 
     async def _chat(self, frame: ChatFrame) -> None:
         try:
