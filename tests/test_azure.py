@@ -136,6 +136,27 @@ async def test_key_chat_goes_to_the_deployment_with_the_ga_version(
     await model.close()
 
 
+@pytest.mark.parametrize(
+    ("api", "version"), [("chat", None), ("responses", "2025-04-01-preview"), ("chat", "v1")]
+)
+async def test_a_key_client_sends_later_calls_exactly_as_its_first(
+    azure: AzureSettings, openai_server: ScriptedOpenAI, api: str, version: str | None
+) -> None:
+    """The request is built by the client once (deployment path, api-version, api-key) and sent again."""
+    overrides = {"openai_api_version": version} if version else {}
+    model = stream_model(create_model(azure(azure_openai_api_key="azure-secret", model_api=api, **overrides)))
+    openai_server.push(Reply.say("one"), Reply.say("two"))
+    assert await text_of(model) == "one"
+    assert await text_of(model, [{"role": "user", "content": "another question"}]) == "two"
+    first, second = openai_server.requests
+    for part in ("_path", "_query"):
+        assert second[part] == first[part]
+    same = {k: v for k, v in first["_headers"].items() if k != "content-length"}
+    assert {k: v for k, v in second["_headers"].items() if k != "content-length"} == same
+    assert "azure-secret" in (same.get("api-key"), same.get("authorization", "").removeprefix("Bearer "))
+    await model.close()
+
+
 async def test_key_responses_on_a_dated_version(azure: AzureSettings, openai_server: ScriptedOpenAI) -> None:
     settings = azure(
         azure_openai_api_key="azure-secret", model_api="responses", openai_api_version="2025-04-01-preview"

@@ -20,7 +20,7 @@ from msev15.agent.openai_responses import OpenAIResponsesModel, ResponsesReader,
 from msev15.agent.openai_stream import OpenAIStreamModel
 from msev15.agent.providers import create_model
 from tests.conftest import MakeModelSettings
-from tests.openai_server import Reply, ScriptedOpenAI, chat_messages
+from tests.openai_server import Reply, ScriptedOpenAI, chat_messages, running_openai_server
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 TOOLS = [
@@ -41,9 +41,24 @@ def api(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["first call", "later call"])
+def later(request: pytest.FixtureRequest) -> bool:
+    """Whether the scenario runs on a later call: one the client's first request is resent for."""
+    return request.param == "later call"
+
+
 def client_for(make_model_settings: MakeModelSettings, api: str, **overrides: Any) -> OpenAIStreamModel:
     model = create_model(make_model_settings(model_api=api, **overrides))
     assert isinstance(model, OpenAIResponsesModel if api == "responses" else OpenAIChatModel)
+    return model
+
+
+async def warmed(model: OpenAIStreamModel, server: ScriptedOpenAI, later: bool) -> OpenAIStreamModel:
+    """With `later`, one successful call first (then forgotten by the server's request log)."""
+    if later:
+        server.push(Reply.say("warm"))
+        assert texts(await collect(model)) == ["warm"]
+        server.requests.clear()
     return model
 
 
@@ -85,11 +100,49 @@ async def test_tool_calls_are_assembled_from_their_pieces(
     await model.close()
 
 
-async def test_429_and_500_are_retried_and_retry_after_is_honoured(
+def on_the_wire(sent: dict[str, Any]) -> tuple[Any, ...]:
+    """A recorded request as the server saw it, but for its body and length."""
+    headers = {k: v for k, v in sent["_headers"].items() if k != "content-length"}
+    return sent["_path"], sent["_query"], headers
+
+
+async def test_later_calls_go_out_exactly_as_the_client_built_the_first(
     make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, api: str
 ) -> None:
+    """With an API key the client's request is built once and sent again with each new body."""
+    model = client_for(make_model_settings, api)
+    openai_server.push(Reply.say("one"), Reply.say("two"), Reply.say("three"))
+    for expected, messages in (
+        ("one", MESSAGES),
+        ("two", [*MESSAGES, {"role": "user", "content": "é" * 500}]),
+    ):
+        assert texts(await collect(model, messages)) == [expected]
+    first, second = openai_server.requests
+    assert on_the_wire(second) == on_the_wire(first)
+    assert first["_headers"]["authorization"] == "Bearer test-key"
+    assert int(second["_headers"]["content-length"]) > int(first["_headers"]["content-length"]) + 500
+    assert second["_messages"][-1]["content"] == "é" * 500  # the new body, whole
+    await model.close()
+
+
+async def test_a_later_call_to_a_server_that_went_away_is_unreachable(
+    make_model_settings: MakeModelSettings, api: str
+) -> None:
+    async with running_openai_server() as gone:
+        model = client_for(make_model_settings, api, openai_base_url=gone.base_url, model_max_retries=0)
+        await warmed(model, gone, True)
+    with pytest.raises(ModelUnavailable, match="unreachable"):  # as the client's own call says it
+        await collect(model)
+    await model.close()
+
+
+async def test_429_and_500_are_retried_and_retry_after_is_honoured(
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, api: str, later: bool
+) -> None:
+    model = await warmed(
+        client_for(make_model_settings, api, model_retry_base_seconds=0.001), openai_server, later
+    )
     openai_server.push(Reply(status=429, retry_after=0.4), Reply.error(500), Reply.say("fine"))
-    model = client_for(make_model_settings, api, model_retry_base_seconds=0.001)
     started = time.monotonic()
     events = await collect(model)
     assert texts(events) == ["fine"]
@@ -100,10 +153,10 @@ async def test_429_and_500_are_retried_and_retry_after_is_honoured(
 
 @pytest.mark.parametrize("status", [400, 401, 404])
 async def test_client_errors_are_not_retried(
-    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, api: str, status: int
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, api: str, later: bool, status: int
 ) -> None:
+    model = await warmed(client_for(make_model_settings, api), openai_server, later)
     openai_server.push(Reply.error(status, times=-1))
-    model = client_for(make_model_settings, api)
     with pytest.raises(ModelUnavailable, match=str(status)):
         await collect(model)
     assert len(openai_server.requests) == 1
@@ -111,10 +164,14 @@ async def test_client_errors_are_not_retried(
 
 
 async def test_retries_give_up_after_the_allowed_number(
-    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, api: str
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, api: str, later: bool
 ) -> None:
+    model = await warmed(
+        client_for(make_model_settings, api, model_max_retries=2, model_retry_base_seconds=0.001),
+        openai_server,
+        later,
+    )
     openai_server.push(Reply.error(503, times=-1))
-    model = client_for(make_model_settings, api, model_max_retries=2, model_retry_base_seconds=0.001)
     with pytest.raises(ModelUnavailable, match="503"):
         await collect(model)
     assert len(openai_server.requests) == 3
@@ -122,10 +179,12 @@ async def test_retries_give_up_after_the_allowed_number(
 
 
 async def test_death_before_the_first_token_is_retried(
-    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, api: str
+    make_model_settings: MakeModelSettings, openai_server: ScriptedOpenAI, api: str, later: bool
 ) -> None:
+    model = await warmed(
+        client_for(make_model_settings, api, model_retry_base_seconds=0.001), openai_server, later
+    )
     openai_server.push(Reply(text="", die_after=0), Reply.say("second try"))
-    model = client_for(make_model_settings, api, model_retry_base_seconds=0.001)
     assert "".join(texts(await collect(model))) == "second try"
     assert len(openai_server.requests) == 2
     await model.close()

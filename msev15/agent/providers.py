@@ -39,8 +39,9 @@ READY_CHECK_SECONDS = 1.5  # readiness answers within 2 s; a cached token takes 
 def create_model(settings: Settings, *, credential: AsyncTokenCredential | None = None) -> ModelClient:
     """The model API.md's selection rules choose; `credential` replaces DefaultAzureCredential (tests)."""
     provider = settings.model_provider
+    http = model_http_client()
     if provider == "azure":
-        client, auth = _azure_client(settings, credential)
+        client, auth = _azure_client(settings, credential, http)
         model = settings.azure_openai_responses_deployment_name
     elif provider == "openai":
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
@@ -49,12 +50,12 @@ def create_model(settings: Settings, *, credential: AsyncTokenCredential | None 
             api_key=key or "not-needed",
             timeout=client_timeout(settings),
             max_retries=0,
-            http_client=model_http_client(),
+            http_client=http,
         )
         auth = StaticAuth("api key (OPENAI_API_KEY)" if key else "none")
         model = settings.openai_model
     else:
-        return OfflineModel()
+        return OfflineModel()  # the unused HTTP client holds no connection yet
     kind = OpenAIResponsesModel if settings.model_api == "responses" else OpenAIChatModel
     return kind(
         client,
@@ -64,11 +65,12 @@ def create_model(settings: Settings, *, credential: AsyncTokenCredential | None 
         retry_base=settings.model_retry_base_seconds,
         temperature=settings.model_temperature,
         auth=auth,
+        http=http,
     )
 
 
 def _azure_client(
-    settings: Settings, credential: AsyncTokenCredential | None
+    settings: Settings, credential: AsyncTokenCredential | None, http: httpx2.AsyncClient
 ) -> tuple[openai.AsyncOpenAI, ModelAuth]:
     """Azure OpenAI with AZURE_OPENAI_API_KEY, else keyless through Microsoft Entra ID.
 
@@ -90,7 +92,7 @@ def _azure_client(
     common: dict[str, Any] = {
         "timeout": client_timeout(settings),
         "max_retries": 0,
-        "http_client": model_http_client(),
+        "http_client": http,
     }
     version = settings.azure_api_version
     if version == "v1":  # the plain client takes the token provider as its api_key

@@ -1,7 +1,8 @@
 """A lean HTTP/1.1 keep-alive transport for the model client.
 
-The openai client still builds every request (auth, Azure paths, base URL, headers) and parses
-every status; only the bytes on the wire go through plain asyncio streams here. Profiling a
+The openai client still builds the requests (auth, Azure paths, base URL, headers; with a static
+key once, see agent/openai_stream.py) and the statuses fail as it fails them; only the bytes on
+the wire go through plain asyncio streams here. Profiling a
 streamed turn showed about a third of the worker's CPU in the generic transport underneath
 (connection-pool probes of every idle socket per request, stream wrappers, a protocol state
 machine per chunk); this does the same job for one server at a time at a fraction of that.
