@@ -137,7 +137,13 @@ class Fleet:
         self.procs: list[Proc] = []
 
     def start(
-        self, name: str, argv: list[str], port: int, cpu: Cpus, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        cpu: Cpus,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
     ) -> Proc:
         log = self.workdir / f"{name}.log"
         cpus = cpu_set(cpu) if self.pin else None
@@ -149,7 +155,7 @@ class Fleet:
         with log.open("wb") as out:
             popen = subprocess.Popen(  # noqa: S603 - our own fixed commands
                 argv,
-                cwd=str(ROOT),
+                cwd=str(cwd),
                 env={**{k: v for k, v in os.environ.items() if k not in _SCRUB}, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -97,3 +97,28 @@ def test_bench_quick_orders_db_section(tmp_path: Path) -> None:
     ):
         assert figure in table, figure
     assert "orders-db:" not in table and "orders-db errors" not in table  # every turn ran its tool
+
+
+def test_bench_ab_trees_compares_checkouts(tmp_path: Path) -> None:
+    """`bench/ab_trees.py` at a tiny size: this checkout against itself, one round of 3 streams."""
+    done = subprocess.run(  # noqa: S603 - our own script
+        [
+            sys.executable,
+            str(ROOT / "bench" / "ab_trees.py"),
+            str(ROOT),
+            str(ROOT),
+            "--rounds",
+            "1",
+            "--streams",
+            "3",
+        ],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = [line for line in done.stderr.splitlines() if line.startswith("- ")]
+    assert len(summary) == 4, done.stderr[-3000:]  # two trees, SSE and WebSocket each
+    assert "completed only" not in done.stderr
