@@ -45,6 +45,7 @@ class Metrics:
     """Every metric of the service, with the label children of the hot paths cached."""
 
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        # Long by design: every metric is declared here once, with its labels and help text.
         self.multiprocess_dir = multiprocess_dir
         # Multiprocess values are files, collected at scrape time; nothing is registered then.
         self.registry: CollectorRegistry | None = None if multiprocess_dir else CollectorRegistry()

@@ -20,7 +20,8 @@ from msev15.agent.events import (
     ToolResultEvent,
     Turn,
 )
-from msev15.agent.loop import INSTRUCTIONS, Agent, AgentLimits, TurnRefused
+from msev15.agent.loop import INSTRUCTIONS, Agent
+from msev15.agent.turn_state import AgentLimits, TurnRefused
 from msev15.stores.sessions import MemorySessionStore
 from msev15.tools.registry import Tool, ToolArgs, ToolContext, ToolRegistry
 from tests.conftest import make_settings

@@ -329,7 +329,7 @@ async def test_a_sqlite_turn_costs_two_database_calls(make_store: MakeStore, kin
         async with other.lock("t", "s"):  # another worker's next turn needs no wait
             found = await other.get("t", "s")
             assert found is not None and [m.content for m in found.messages][::2][-1] == "after"
-    assert calls == ["_take_lease", "_save", "_save"]
+    assert calls == ["take_lease", "save", "save"]
 
 
 async def test_busy_lock_waits_a_bounded_time(make_store: MakeStore, kind: str) -> None:

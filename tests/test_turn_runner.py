@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from msev15.agent.events import Turn
-from msev15.agent.loop import Agent, AgentLimits, TurnRefused
+from msev15.agent.loop import Agent
 from msev15.agent.runner import TurnRunner
+from msev15.agent.turn_state import AgentLimits, TurnRefused
 from msev15.stores.sessions import MemorySessionStore
 from msev15.stores.turns import MemoryTurnBuffer, TurnInfo
 from msev15.tools.registry import ToolRegistry

@@ -157,6 +157,7 @@ class OpenAIStreamModel:
                 attempt += 1
 
     async def _one_stream(self, body: bytes) -> AsyncIterator[ModelEvent]:
+        # Long by design: every way a model call can fail is mapped here, in one place, next to the read.
         reader = self.reader()
         done = False
         try:

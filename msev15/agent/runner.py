@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from msev15.agent.events import DoneEvent, ErrorEvent, Event, TokenEvent, Turn, event_dict
-from msev15.agent.loop import Agent, TurnRefused
+from msev15.agent.loop import Agent
+from msev15.agent.turn_state import TurnRefused
 from msev15.principal import UserScope
 from msev15.stores.sessions.base import visible
 from msev15.stores.turns import TurnBuffer, TurnInfo

@@ -13,10 +13,11 @@ from typing import Any
 
 from quart import current_app
 
-from msev15.agent.loop import Agent, AgentLimits
+from msev15.agent.loop import Agent
 from msev15.agent.model import ModelClient
 from msev15.agent.providers import check_credential, create_model
 from msev15.agent.runner import TurnRunner
+from msev15.agent.turn_state import AgentLimits
 from msev15.mail.sender import Mailer
 from msev15.settings import Settings
 from msev15.stores.audit import AuditLog

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from quart import g
 
 from msev15.agent.events import ApprovalAnswer, Turn
-from msev15.agent.loop import TurnRefused
+from msev15.agent.turn_state import TurnRefused
 from msev15.logs import session_id_var, tenant_id_var
 from msev15.principal import Principal
 from msev15.stores.sessions.base import visible

@@ -28,75 +28,17 @@ from msev15.jsonio import dumps, loads
 from msev15.principal import ANY_USER, UserScope
 from msev15.stores import database as sqlitedb
 from msev15.stores.database import SqliteThread
+from msev15.stores.sessions import sqlite_ops as ops
 from msev15.stores.sessions.base import (
     LockTable,
     Message,
     Session,
-    SessionLimitError,
-    SessionOwnedElsewhere,
     SessionStoreUnavailable,
     renewed,
-    visible,
 )
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
-SCHEMA_VERSION = 3  # 2: sessions record their owner (user_id); 3: session counts kept by triggers
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS chat_sessions (
-    tenant_id TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    last_activity REAL NOT NULL,
-    metadata TEXT NOT NULL DEFAULT '{}',
-    messages TEXT NOT NULL DEFAULT '[]',
-    touched INTEGER NOT NULL DEFAULT 0, -- write order: breaks last_activity ties for LRU and listing
-    user_id TEXT, -- the owning end user; NULL: tenant-wide callers only
-    PRIMARY KEY (tenant_id, session_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS chat_sessions_by_tenant ON chat_sessions (tenant_id, last_activity, touched);
-CREATE INDEX IF NOT EXISTS chat_sessions_by_touch ON chat_sessions (touched);
-CREATE INDEX IF NOT EXISTS chat_sessions_by_activity ON chat_sessions (last_activity);
-CREATE TABLE IF NOT EXISTS chat_session_leases (
-    tenant_id TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (tenant_id, session_id)
-) WITHOUT ROWID;
-"""
-
-# Sessions made before version 2 have no owner: they stay reachable by tenant-wide callers only.
-_ADD_OWNER = "ALTER TABLE chat_sessions ADD COLUMN user_id TEXT"
-_OWNER_INDEX = (
-    "CREATE INDEX IF NOT EXISTS chat_sessions_by_user ON chat_sessions (tenant_id, user_id, last_activity)"
-)
-
-# Version 3: how many sessions each tenant (and, under '', which no tenant id can be) holds, kept
-# in step by triggers in the writing transaction, so a new session's limits cost two point reads
-# instead of two COUNT(*) scans (12 ms at 100,000 sessions, inside the write lock).
-_COUNTS = """
-CREATE TABLE IF NOT EXISTS chat_session_counts (
-    tenant_id TEXT PRIMARY KEY,
-    sessions INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS chat_sessions_count_in AFTER INSERT ON chat_sessions BEGIN
-    INSERT INTO chat_session_counts (tenant_id, sessions) VALUES (NEW.tenant_id, 1), ('', 1)
-        ON CONFLICT (tenant_id) DO UPDATE SET sessions = sessions + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS chat_sessions_count_out AFTER DELETE ON chat_sessions BEGIN
-    UPDATE chat_session_counts SET sessions = sessions - 1 WHERE tenant_id IN (OLD.tenant_id, '');
-END;
-"""
-_RECOUNT = """
-DELETE FROM chat_session_counts;
-INSERT INTO chat_session_counts (tenant_id, sessions)
-    SELECT tenant_id, COUNT(*) FROM chat_sessions GROUP BY tenant_id
-    UNION ALL SELECT '', COUNT(*) FROM chat_sessions;
-"""
-
-_COLUMNS = "tenant_id, session_id, created_at, last_activity, metadata, messages, user_id"
 
 
 @dataclass(slots=True)
@@ -117,11 +59,6 @@ def _holding(tenant_id: str, session_id: str) -> _Held | None:
     if held is None or held.released or (held.tenant_id, held.session_id) != (tenant_id, session_id):
         return None
     return held
-
-
-def _owned(user: UserScope) -> tuple[str, tuple[str, ...]]:
-    """The WHERE condition that scopes a query to one end user's sessions (none for tenant-wide)."""
-    return (" AND user_id = ?", (user,)) if isinstance(user, str) else ("", ())
 
 
 class SqliteSessionStore:
@@ -164,7 +101,7 @@ class SqliteSessionStore:
         """Open (and create) the file, in WAL mode with a busy timeout for other workers."""
         db = await SqliteThread.open(path, BUSY_TIMEOUT_MS)
         try:
-            await db.run(_migrate)
+            await db.run(ops.migrate)
         except BaseException:
             await db.close()
             raise
@@ -194,7 +131,7 @@ class SqliteSessionStore:
                 _HELD.reset(token)
                 if not held.released:
                     try:
-                        await self._call(_drop_lease, tenant_id, session_id, self._owner)
+                        await self._call(ops.drop_lease, tenant_id, session_id, self._owner)
                     except SessionStoreUnavailable:
                         pass  # the lease runs out by itself
 
@@ -204,7 +141,9 @@ class SqliteSessionStore:
         deadline = time.monotonic() + self.lock_wait
         pause = 0.01
         while True:
-            taken, row = await self._call(_take_lease, tenant_id, session_id, self._owner, self.lock_timeout)
+            taken, row = await self._call(
+                ops.take_lease, tenant_id, session_id, self._owner, self.lock_timeout
+            )
             if taken:
                 return row
             if time.monotonic() + pause > deadline:
@@ -215,7 +154,9 @@ class SqliteSessionStore:
     async def _renew_lease(self, held: _Held) -> bool:
         if held.released:
             return True  # the turn is done with it
-        return await self._call(_renew_lease, held.tenant_id, held.session_id, self._owner, self.lock_timeout)
+        return await self._call(
+            ops.renew_lease, held.tenant_id, held.session_id, self._owner, self.lock_timeout
+        )
 
     # Reads and writes ------------------------------------------------------------------
 
@@ -226,9 +167,9 @@ class SqliteSessionStore:
             # Read with this turn's lease: no other turn has written it since, and none can.
             row = held.row
             if row is not None and (row[3] < cutoff or (isinstance(user, str) and row[6] != user)):
-                row = None  # what _read's WHERE would have left out
+                row = None  # what ops.read's WHERE would have left out
         else:
-            row = await self._call(_read, tenant_id, session_id, cutoff, user)
+            row = await self._call(ops.read, tenant_id, session_id, cutoff, user)
         return _session(row) if row is not None else None
 
     async def save_turn(
@@ -246,214 +187,27 @@ class SqliteSessionStore:
         limits = (self.ttl, self.max_sessions, self.max_per_tenant, self.max_messages)
         held = _holding(tenant_id, session_id)
         release = self._owner if last and held is not None else None  # the lease goes with this write
-        row = await self._call(_save, tenant_id, session_id, records, meta, user, now, limits, release)
+        row = await self._call(ops.save, tenant_id, session_id, records, meta, user, now, limits, release)
         if held is not None:
             held.row, held.released = row, release is not None  # the holder's next read sees its write
         return _session(row)
 
     async def list(self, tenant_id: str, user: UserScope = ANY_USER) -> list[Session]:
-        rows = await self._call(_list, tenant_id, self._clock() - self.ttl, user)
+        rows = await self._call(ops.list_sessions, tenant_id, self._clock() - self.ttl, user)
         return [_session(row) for row in rows]
 
     async def delete(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> bool:
-        return await self._call(_delete, tenant_id, session_id, self._clock() - self.ttl, user)
+        return await self._call(ops.delete, tenant_id, session_id, self._clock() - self.ttl, user)
 
     async def purge_expired(self) -> int:
-        return await self._call(_purge, self._clock() - self.ttl)
+        return await self._call(ops.purge, self._clock() - self.ttl)
 
     async def check(self) -> str:
-        await self._call(_ping)
+        await self._call(ops.ping)
         return "ok"
 
     async def close(self) -> None:
         await self._db.close()
-
-
-# What runs in the connection's thread: plain functions of the connection -----------------------
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    db.executescript(_SCHEMA)
-    _add_owner_column(db)
-    db.execute(_OWNER_INDEX)
-    (version,) = db.execute("PRAGMA user_version").fetchone()
-    if version < 3:  # counted in one write transaction: exact however many workers start together
-        db.executescript(f"BEGIN IMMEDIATE; {_COUNTS} {_RECOUNT} PRAGMA user_version = 3; COMMIT;")
-    db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
-
-
-def _add_owner_column(db: sqlite3.Connection) -> None:
-    """Version 1 files gain the owner column; a worker that loses the race to add it goes on."""
-    if "user_id" in {row[1] for row in db.execute("PRAGMA table_info(chat_sessions)")}:
-        return
-    try:
-        db.execute(_ADD_OWNER)
-    except sqlite3.OperationalError as exc:
-        if "duplicate column" not in str(exc).lower():
-            raise
-
-
-def _take_lease(
-    db: sqlite3.Connection, tenant_id: str, session_id: str, owner: str, lease: float
-) -> tuple[bool, Any]:
-    """Whether the lease is ours now, and then the session's row (unfiltered: the caller applies
-    the expiry and owner rules of `_read`)."""
-    now = time.time()
-    cursor = db.execute(
-        "INSERT INTO chat_session_leases (tenant_id, session_id, owner, expires_at) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (tenant_id, session_id) DO UPDATE"
-        " SET owner = excluded.owner, expires_at = excluded.expires_at"
-        " WHERE chat_session_leases.expires_at < ? OR chat_session_leases.owner = excluded.owner",
-        (tenant_id, session_id, owner, now + lease, now),
-    )
-    if cursor.rowcount <= 0:
-        return False, None
-    row = db.execute(
-        f"SELECT {_COLUMNS} FROM chat_sessions WHERE tenant_id = ? AND session_id = ?",
-        (tenant_id, session_id),
-    ).fetchone()
-    return True, row
-
-
-def _renew_lease(db: sqlite3.Connection, tenant_id: str, session_id: str, owner: str, lease: float) -> bool:
-    cursor = db.execute(
-        "UPDATE chat_session_leases SET expires_at = ? WHERE tenant_id = ? AND session_id = ? AND owner = ?",
-        (time.time() + lease, tenant_id, session_id, owner),
-    )
-    return cursor.rowcount > 0
-
-
-def _drop_lease(db: sqlite3.Connection, tenant_id: str, session_id: str, owner: str) -> None:
-    db.execute(
-        "DELETE FROM chat_session_leases WHERE tenant_id = ? AND session_id = ? AND owner = ?",
-        (tenant_id, session_id, owner),
-    )
-
-
-def _read(db: sqlite3.Connection, tenant_id: str, session_id: str, cutoff: float, user: UserScope) -> Any:
-    owned, owner = _owned(user)
-    return db.execute(
-        f"SELECT {_COLUMNS} FROM chat_sessions WHERE tenant_id = ? AND session_id = ? AND last_activity >= ?"
-        + owned,
-        (tenant_id, session_id, cutoff, *owner),
-    ).fetchone()
-
-
-def _save(
-    db: sqlite3.Connection,
-    tenant_id: str,
-    session_id: str,
-    new_records: list[dict[str, Any]],
-    meta: str | None,
-    user: UserScope,
-    now: float,
-    limits: tuple[float, int, int, int],
-    release: str | None = None,
-) -> tuple[Any, ...]:
-    ttl, max_sessions, max_per_tenant, max_messages = limits
-    cutoff = now - ttl
-    with _transaction(db):
-        row = db.execute(
-            "SELECT created_at, last_activity, metadata, messages, user_id FROM chat_sessions"
-            " WHERE tenant_id = ? AND session_id = ?",
-            (tenant_id, session_id),
-        ).fetchone()
-        if row is not None and row[1] < cutoff:  # expired but not yet purged: start afresh
-            row = None
-        if row is None:
-            _make_room(db, tenant_id, session_id, cutoff, max_sessions, max_per_tenant)
-            created, stored_meta, records = now, "{}", []
-            owner = user if isinstance(user, str) else None
-        elif not visible(row[4], user):
-            raise SessionOwnedElsewhere(session_id)
-        else:
-            created, stored_meta, records, owner = row[0], row[2], loads(row[3]), row[4]
-        records.extend(new_records)
-        del records[: max(0, len(records) - max_messages)]
-        meta_text = meta if meta is not None else stored_meta
-        saved = (tenant_id, session_id, created, now, meta_text, dumps(records), owner)
-        db.execute(  # an upsert, not OR REPLACE: a replaced row would fire no delete trigger
-            f"INSERT INTO chat_sessions ({_COLUMNS}, touched) VALUES (?, ?, ?, ?, ?, ?, ?,"
-            " (SELECT COALESCE(MAX(touched), 0) + 1 FROM chat_sessions))"
-            " ON CONFLICT (tenant_id, session_id) DO UPDATE SET created_at = excluded.created_at,"
-            " last_activity = excluded.last_activity, metadata = excluded.metadata,"
-            " messages = excluded.messages, user_id = excluded.user_id, touched = excluded.touched",
-            saved,
-        )
-        if release is not None:
-            _drop_lease(db, tenant_id, session_id, release)
-    return saved
-
-
-def _make_room(
-    db: sqlite3.Connection,
-    tenant_id: str,
-    session_id: str,
-    cutoff: float,
-    max_sessions: int,
-    max_per_tenant: int,
-) -> None:
-    """Before a new session: drop the tenant's expired ones, refuse over the tenant limit, evict LRU."""
-    db.execute("DELETE FROM chat_sessions WHERE tenant_id = ? AND session_id = ?", (tenant_id, session_id))
-    db.execute("DELETE FROM chat_sessions WHERE tenant_id = ? AND last_activity < ?", (tenant_id, cutoff))
-    counts = dict(
-        db.execute(
-            "SELECT tenant_id, sessions FROM chat_session_counts WHERE tenant_id IN (?, '')", (tenant_id,)
-        ).fetchall()
-    )
-    if counts.get(tenant_id, 0) >= max_per_tenant:
-        raise SessionLimitError(f"tenant {tenant_id} has reached its limit of sessions")
-    total = counts.get("", 0)
-    if total >= max_sessions:
-        db.execute(
-            "DELETE FROM chat_sessions WHERE (tenant_id, session_id) IN"
-            " (SELECT tenant_id, session_id FROM chat_sessions ORDER BY touched LIMIT ?)",
-            (total - max_sessions + 1,),
-        )
-
-
-def _list(db: sqlite3.Connection, tenant_id: str, cutoff: float, user: UserScope) -> list[Any]:
-    owned, owner = _owned(user)
-    return db.execute(
-        f"SELECT {_COLUMNS} FROM chat_sessions WHERE tenant_id = ? AND last_activity >= ?"
-        + owned
-        + " ORDER BY last_activity DESC, touched DESC",
-        (tenant_id, cutoff, *owner),
-    ).fetchall()
-
-
-def _delete(db: sqlite3.Connection, tenant_id: str, session_id: str, cutoff: float, user: UserScope) -> bool:
-    owned, owner = _owned(user)
-    row = db.execute(
-        "DELETE FROM chat_sessions WHERE tenant_id = ? AND session_id = ?"
-        + owned
-        + " RETURNING last_activity",
-        (tenant_id, session_id, *owner),
-    ).fetchone()
-    return row is not None and row[0] >= cutoff
-
-
-def _purge(db: sqlite3.Connection, cutoff: float) -> int:
-    removed = db.execute("DELETE FROM chat_sessions WHERE last_activity < ?", (cutoff,)).rowcount
-    db.execute("DELETE FROM chat_session_leases WHERE expires_at < ?", (time.time(),))
-    return removed
-
-
-def _ping(db: sqlite3.Connection) -> None:
-    db.execute("SELECT 1").fetchone()
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """IMMEDIATE: take the write lock first, so two workers never deadlock upgrading a read."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(sqlite3.OperationalError):  # SQLite may have rolled back itself
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _session(row: Any) -> Session:
