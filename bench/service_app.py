@@ -8,7 +8,7 @@ neither switch.
   session store;
 - `BENCH_REDIS_POOL=fifo`: the Redis client's pool behind a first-come-first-served gate
   (bench/redis_pool.py), against redis-py's `BlockingConnectionPool`;
-- `BENCH_SQLITE_ROOM=pk`: the SQLite store without the per-new-session counts (`_make_room`
+- `BENCH_SQLITE_ROOM=pk`: the SQLite store without the per-new-session counts (`make_room`
   deletes a previous session of that id by primary key and checks no limit): the ceiling of
   keeping those counts cheaply, to price them; never a setting of the service.
 """
@@ -42,14 +42,14 @@ if os.environ.get("BENCH_REDIS_POOL") == "fifo":
 if os.environ.get("BENCH_SQLITE_ROOM") == "pk":
     import sqlite3
 
-    from msev15.stores.sessions import sqlite as sessions_sqlite
+    from msev15.stores.sessions import sqlite_ops
 
     def _make_room_by_pk(db: sqlite3.Connection, tenant_id: str, session_id: str, *_: object) -> None:
         db.execute(
             "DELETE FROM chat_sessions WHERE tenant_id = ? AND session_id = ?", (tenant_id, session_id)
         )
 
-    sessions_sqlite._make_room = _make_room_by_pk  # type: ignore[assignment]  # looked up at each save
+    sqlite_ops.make_room = _make_room_by_pk  # type: ignore[assignment]  # looked up at each save
 
 from app import app  # noqa: E402 - after the swaps, which the app reads when it starts
 

@@ -16,7 +16,8 @@ import pytest
 
 from msev15.principal import ANY_USER
 from msev15.stores.sessions import Message, SessionOwnedElsewhere
-from msev15.stores.sessions.sqlite import SCHEMA_VERSION, SqliteSessionStore
+from msev15.stores.sessions.sqlite import SqliteSessionStore
+from msev15.stores.sessions.sqlite_ops import SCHEMA_VERSION
 from tests.test_sessions import MakeStore, clock, kind, make_store, redis_server  # noqa: F401
 
 

@@ -314,13 +314,13 @@ async def test_a_sqlite_turn_costs_two_database_calls(make_store: MakeStore, kin
     store, other = await make_store(), await make_store(lock_wait=0.2)
     await store.save_turn("t", "s", turn("before"))
     calls: list[str] = []
-    run = store._db.run
+    run = store._db.together
 
     async def counted(fn: Callable[..., Any], *args: Any) -> Any:
         calls.append(fn.__name__)
         return await run(fn, *args)
 
-    store._db.run = counted
+    store._db.together = counted
     async with store.lock("t", "s"):
         found = await store.get("t", "s")
         assert found is not None

@@ -7,11 +7,10 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiosqlite
 
@@ -60,43 +59,6 @@ def open_file(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Con
 async def connect(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> aiosqlite.Connection:
     """An aiosqlite connection opened by `open_file`."""
     return await aiosqlite.Connection(partial(open_file, Path(path), busy_timeout_ms), 64)
-
-
-class SqliteThread:
-    """One sqlite3 connection owned by one thread: a call runs a whole function there, so a store
-    operation of several statements (a transaction) costs one hop off the event loop, not one per
-    statement. Calls run one at a time, in order."""
-
-    def __init__(self, pool: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
-        self._pool = pool
-        self._db = db
-        self._closed = False
-
-    @classmethod
-    async def open(cls, path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> SqliteThread:
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{Path(path).name}")
-        try:
-            db = await asyncio.get_running_loop().run_in_executor(
-                pool, open_file, Path(path), busy_timeout_ms
-            )
-        except BaseException:
-            pool.shutdown(wait=False)
-            raise
-        return cls(pool, db)
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(connection, *args)` in the connection's thread."""
-        if self._closed:
-            raise sqlite3.ProgrammingError("the database connection is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, self._db, *args))
-
-    async def close(self) -> None:
-        """Close the connection and end its thread; closing twice is harmless."""
-        if self._closed:
-            return
-        self._closed = True
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._db.close)
-        self._pool.shutdown(wait=True)
 
 
 class SqliteDatabase:

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 from msev15.jsonio import dumps, loads
 from msev15.principal import ANY_USER, UserScope
 from msev15.stores import database as sqlitedb
-from msev15.stores.database import SqliteThread
 from msev15.stores.sessions import sqlite_ops as ops
 from msev15.stores.sessions.base import (
     LockTable,
@@ -36,6 +35,7 @@ from msev15.stores.sessions.base import (
     SessionStoreUnavailable,
     renewed,
 )
+from msev15.stores.sqlite_thread import SqliteThread
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
@@ -111,7 +111,7 @@ class SqliteSessionStore:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         with _unavailable():
-            return await self._db.run(fn, *args)
+            return await self._db.together(fn, *args)
 
     # Locking ---------------------------------------------------------------------------
 

@@ -249,7 +249,14 @@ def ping(db: sqlite3.Connection) -> None:
 
 @contextlib.contextmanager
 def transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """IMMEDIATE: take the write lock first, so two workers never deadlock upgrading a read."""
+    """IMMEDIATE: take the write lock first, so two workers never deadlock upgrading a read.
+
+    Inside a group commit (stores/sqlite_thread.py) the call's own savepoint already makes it
+    atomic, and the transaction is the group's.
+    """
+    if db.in_transaction:
+        yield
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
