@@ -110,8 +110,14 @@ class SqliteSessionStore:
         )
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """A write: in a transaction with the writes queued beside it (group commit)."""
         with _unavailable():
             return await self._db.together(fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """A read: on its own (WAL readers never wait for the write lock)."""
+        with _unavailable():
+            return await self._db.run(fn, *args)
 
     # Locking ---------------------------------------------------------------------------
 
@@ -169,7 +175,7 @@ class SqliteSessionStore:
             if row is not None and (row[3] < cutoff or (isinstance(user, str) and row[6] != user)):
                 row = None  # what ops.read's WHERE would have left out
         else:
-            row = await self._call(ops.read, tenant_id, session_id, cutoff, user)
+            row = await self._read(ops.read, tenant_id, session_id, cutoff, user)
         return _session(row) if row is not None else None
 
     async def save_turn(
@@ -193,7 +199,7 @@ class SqliteSessionStore:
         return _session(row)
 
     async def list(self, tenant_id: str, user: UserScope = ANY_USER) -> list[Session]:
-        rows = await self._call(ops.list_sessions, tenant_id, self._clock() - self.ttl, user)
+        rows = await self._read(ops.list_sessions, tenant_id, self._clock() - self.ttl, user)
         return [_session(row) for row in rows]
 
     async def delete(self, tenant_id: str, session_id: str, user: UserScope = ANY_USER) -> bool:
@@ -203,7 +209,7 @@ class SqliteSessionStore:
         return await self._call(ops.purge, self._clock() - self.ttl)
 
     async def check(self) -> str:
-        await self._call(ops.ping)
+        await self._read(ops.ping)
         return "ok"
 
     async def close(self) -> None:
