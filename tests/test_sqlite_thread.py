@@ -48,7 +48,7 @@ async def test_calls_queued_together_share_one_transaction_and_fail_alone(tmp_pa
     assert isinstance(results[1], Refused)
     rows = await thread.run(lambda db: [n for (n,) in db.execute("SELECT n FROM t ORDER BY n")])
     assert rows == [1, 3]  # the refused call's insert was undone, and only it
-    assert await thread.together(insert, 4) is True  # alone, still in a write transaction of its own
+    assert await thread.together(insert, 4) is False  # alone: as a plain call (autocommit)
     assert await thread.run(insert, 5) is False  # a plain call: autocommit
     await thread.close()
     await thread.close()  # twice is harmless

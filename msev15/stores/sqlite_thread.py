@@ -6,11 +6,6 @@ in order. Calls made with `together` that queue up while the thread is busy run 
 transaction: one write lock and one commit (the WAL write) for all of them, each in a savepoint of
 its own, so a call that fails undoes only its own changes. Their results are handed back in one
 wake-up of the event loop.
-
-Several processes share the file. While another holds the write lock, SQLite's own busy handler
-sleeps 1, 2, 5, 10 ... ms between tries, so two busy workers hand the lock back and forth in
-milliseconds and one can starve; the write lock of a group is instead asked for again every
-0.2-2 ms (within the same busy timeout).
 """
 
 from __future__ import annotations
@@ -19,7 +14,6 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,9 +37,8 @@ class _Call:
 
 
 class SqliteThread:
-    def __init__(self, db: sqlite3.Connection, name: str, busy_timeout_ms: int) -> None:
+    def __init__(self, db: sqlite3.Connection, name: str) -> None:
         self._db = db
-        self._busy_timeout_ms = busy_timeout_ms
         self._loop = asyncio.get_running_loop()
         self._calls: deque[_Call | None] = deque()  # None: stop
         self._wake = threading.Condition()
@@ -56,15 +49,15 @@ class SqliteThread:
     @classmethod
     async def open(cls, path: Path, busy_timeout_ms: int) -> SqliteThread:
         db = await asyncio.to_thread(open_file, Path(path), busy_timeout_ms)  # usable from any thread
-        return cls(db, f"sqlite-{Path(path).name}", busy_timeout_ms)
+        return cls(db, f"sqlite-{Path(path).name}")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(connection, *args)` in the connection's thread, on its own (it may manage transactions)."""
         return await self._submit(fn, args, together=False)
 
     async def together(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(connection, *args)` in a write transaction, with the calls queued beside it (see
-        above); `fn` must not commit or roll back itself."""
+        """`fn(connection, *args)`, in one transaction with the calls queued beside it (see above;
+        alone, as `run`); `fn` must not commit or roll back a transaction it did not begin."""
         return await self._submit(fn, args, together=True)
 
     async def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], together: bool) -> T:
@@ -94,7 +87,7 @@ class SqliteThread:
                 batch = self._next()
                 if not batch:
                     return
-                outcomes = self._together(batch) if batch[0].together else [_outcome(self._db, batch[0])]
+                outcomes = self._together(batch) if len(batch) > 1 else [_outcome(self._db, batch[0])]
                 with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
                     self._loop.call_soon_threadsafe(_deliver, batch, outcomes)
         finally:
@@ -123,7 +116,7 @@ class SqliteThread:
     def _together(self, batch: list[_Call]) -> list[Outcome]:
         db = self._db
         try:
-            self._begin()
+            db.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock upgrading a read
         except sqlite3.Error as exc:
             return [(False, exc)] * len(batch)
         outcomes: list[Outcome] = []
@@ -144,27 +137,6 @@ class SqliteThread:
                 db.execute("ROLLBACK")
             return [(False, exc)] * len(batch)
         return outcomes
-
-    def _begin(self) -> None:
-        """BEGIN IMMEDIATE (the write lock first: no deadlock upgrading a read), asked for again
-        every 0.2-2 ms while another process holds it, up to the busy timeout."""
-        db = self._db
-        deadline = time.monotonic() + self._busy_timeout_ms / 1000
-        pause = 0.0002
-        db.execute("PRAGMA busy_timeout = 0")
-        try:
-            while True:
-                try:
-                    db.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    busy = "locked" in str(exc) or "busy" in str(exc)
-                    if not busy or time.monotonic() + pause > deadline:
-                        raise
-                time.sleep(pause)  # this thread only
-                pause = min(pause * 2, 0.002)
-        finally:
-            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
 
 
 def _outcome(db: sqlite3.Connection, call: _Call) -> Outcome:
