@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from msev15.stores.sqlite_thread import SqliteThread
+from tests.helpers import eventually
 
 
 class Refused(Exception):
@@ -76,4 +77,17 @@ async def test_a_group_that_cannot_take_the_write_lock_fails_every_call_and_keep
     other.execute("ROLLBACK")
     other.close()
     assert await thread.run(lambda db: db.execute("SELECT COUNT(*) FROM t").fetchone()[0]) == 0
+    await thread.close()
+
+
+async def test_the_wal_goes_back_into_the_file_off_the_calls_path(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    thread = await SqliteThread.open(path, 1000, checkpoint_seconds=0.05)
+    assert await thread.run(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+    await thread.run(lambda db: db.execute("CREATE TABLE t (n INTEGER, pad BLOB)"))
+    before = path.stat().st_size
+    for n in range(50):
+        await thread.together(lambda db, n=n: db.execute("INSERT INTO t VALUES (?, zeroblob(4000))", (n,)))
+    # no commit checkpointed (autocheckpoint is off): the file grows only by the checkpointer's hand
+    await eventually(lambda: path.stat().st_size > before + 150_000, what="a checkpoint by the checkpointer")
     await thread.close()

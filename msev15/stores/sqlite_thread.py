@@ -6,6 +6,11 @@ in order. Calls made with `together` that queue up while the thread is busy run 
 transaction: one write lock and one commit (the WAL write) for all of them, each in a savepoint of
 its own, so a call that fails undoes only its own changes. Their results are handed back in one
 wake-up of the event loop.
+
+With `checkpoint_seconds`, the WAL is copied back into the database file by a thread of its own
+every that many seconds (a PASSIVE checkpoint, which never blocks a writer), instead of inside
+whichever commit crosses SQLite's 1,000-page mark: that commit's thread then also wrote ~4 MB and
+synced the file, and every call queued behind it waited (bench/README.md).
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ class _Call:
 
 
 class SqliteThread:
-    def __init__(self, db: sqlite3.Connection, name: str) -> None:
+    def __init__(self, db: sqlite3.Connection, name: str, checkpointer: _Checkpointer | None = None) -> None:
         self._db = db
+        self._checkpointer = checkpointer
         self._loop = asyncio.get_running_loop()
         self._calls: deque[_Call | None] = deque()  # None: stop
         self._wake = threading.Condition()
@@ -47,9 +53,15 @@ class SqliteThread:
         self._thread.start()
 
     @classmethod
-    async def open(cls, path: Path, busy_timeout_ms: int) -> SqliteThread:
+    async def open(
+        cls, path: Path, busy_timeout_ms: int, checkpoint_seconds: float | None = None
+    ) -> SqliteThread:
         db = await asyncio.to_thread(open_file, Path(path), busy_timeout_ms)  # usable from any thread
-        return cls(db, f"sqlite-{Path(path).name}")
+        checkpointer = None
+        if checkpoint_seconds is not None:
+            db.execute("PRAGMA wal_autocheckpoint = 0")
+            checkpointer = _Checkpointer(Path(path), busy_timeout_ms, checkpoint_seconds)
+        return cls(db, f"sqlite-{Path(path).name}", checkpointer)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(connection, *args)` in the connection's thread, on its own (it may manage transactions)."""
@@ -78,6 +90,8 @@ class SqliteThread:
             self._calls.append(None)
             self._wake.notify()
         await asyncio.to_thread(self._thread.join)
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
 
     # the thread
 
@@ -137,6 +151,33 @@ class SqliteThread:
                 db.execute("ROLLBACK")
             return [(False, exc)] * len(batch)
         return outcomes
+
+
+class _Checkpointer:
+    """PASSIVE checkpoints every `every` seconds, on a connection and thread of their own."""
+
+    def __init__(self, path: Path, busy_timeout_ms: int, every: float) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._every = every
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"sqlite-checkpoint-{path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _serve(self) -> None:
+        db = open_file(self._path, self._busy_timeout_ms)
+        try:
+            while not self._stopping.wait(self._every):
+                with contextlib.suppress(sqlite3.Error):  # the next one catches up
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
 
 
 def _outcome(db: sqlite3.Connection, call: _Call) -> Outcome:

@@ -39,6 +39,7 @@ from msev15.stores.sqlite_thread import SqliteThread
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = sqlitedb.BUSY_TIMEOUT_MS
+CHECKPOINT_SECONDS = 1.0  # the WAL goes back into the file this often, off the turns' path
 
 
 @dataclass(slots=True)
@@ -99,7 +100,7 @@ class SqliteSessionStore:
         lock_wait: float = 125.0,
     ) -> SqliteSessionStore:
         """Open (and create) the file, in WAL mode with a busy timeout for other workers."""
-        db = await SqliteThread.open(path, BUSY_TIMEOUT_MS)
+        db = await SqliteThread.open(path, BUSY_TIMEOUT_MS, checkpoint_seconds=CHECKPOINT_SECONDS)
         try:
             await db.run(ops.migrate)
         except BaseException:
