@@ -16,17 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-import orjson  # noqa: E402
 
 from bench import loadgen  # noqa: E402
 from bench.common import (  # noqa: E402
@@ -45,7 +41,6 @@ from bench.common import (  # noqa: E402
 )
 
 KINDS = ("SSE", "WebSocket")
-Starter = Callable[[int], object]  # stream i -> the coroutine that runs it
 
 
 def start_tree(fleet: Fleet, tree: Path, model_port: int, workdir: Path, tag: str) -> Proc:
@@ -70,31 +65,6 @@ def start_tree(fleet: Fleet, tree: Path, model_port: int, workdir: Path, tag: st
     )
 
 
-def chats(kind: str, port: int) -> Starter:
-    tag = f"ab{random.randrange(1 << 30)}"  # noqa: S311 - fresh session ids per phase
-
-    def start(i: int) -> object:
-        if kind == "SSE":
-            body = orjson.dumps({"session_id": f"{tag}-{i}", "message": "Tell me about shipping"})
-            return loadgen.sse_stream(
-                port, loadgen.http_request("POST", "/api/v1/chat/stream", port, body, True)
-            )
-        frame = orjson.dumps(
-            {"type": "chat", "session_id": f"{tag}-{i}", "message": "Tell me about shipping"}
-        )
-        return loadgen.ws_stream(f"ws://127.0.0.1:{port}/api/v1/chat/ws", frame.decode())
-
-    return start
-
-
-def bare_streams(kind: str, port: int) -> Starter:
-    if kind == "SSE":
-        request = loadgen.http_request("GET", "/sse?n=20&ms=50", port, close=True)
-        return lambda i: loadgen.sse_stream(port, request)
-    frame = orjson.dumps({"type": "stream", "n": 20, "ms": 50}).decode()
-    return lambda i: loadgen.ws_stream(f"ws://127.0.0.1:{port}/ws", frame)
-
-
 async def compare(services: dict[str, Proc], bare: Proc, rounds: int, streams: int) -> None:
     os.sched_setaffinity(0, cpu_set(CLIENT_CPU))
     names = list(services)
@@ -102,16 +72,18 @@ async def compare(services: dict[str, Proc], bare: Proc, rounds: int, streams: i
     cpu: dict[tuple[str, str], list[float]] = {(n, k): [] for n in names for k in KINDS}
     for name in names:  # unmeasured: imports, pools and connections warm in every tree
         for kind in KINDS:
-            await loadgen.stream_phase(streams, chats(kind, services[name].port), 15)
+            await loadgen.stream_phase(streams, loadgen.service_chats(kind, services[name].port), 15)
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for kind in KINDS:
-            base = await loadgen.stream_phase(streams, bare_streams(kind, bare.port), 15)
+            base = await loadgen.stream_phase(streams, loadgen.bare_streams(kind, bare.port, 20, 50), 15)
             await asyncio.sleep(0.5)  # settle: the phase's connections close
             for name in order:
                 pids = services[name].worker_pids()
                 before = sum(cpu_seconds(p) for p in pids)
-                phase = await loadgen.stream_phase(streams, chats(kind, services[name].port), 15)
+                phase = await loadgen.stream_phase(
+                    streams, loadgen.service_chats(kind, services[name].port), 15
+                )
                 cpu[(name, kind)].append(sum(cpu_seconds(p) for p in pids) - before)
                 over[(name, kind)].append(phase.first_token_ms(99) - base.first_token_ms(99))
                 if phase.completion < 100:

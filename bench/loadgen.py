@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -382,3 +383,36 @@ async def open_idle_websockets(url: str, count: int, hold: asyncio.Event) -> tup
     except TimeoutError:
         pass
     return opened, tasks
+
+
+Starter = Callable[[int], Awaitable["StreamResult"]]  # stream i -> the coroutine that runs it
+
+
+def service_chats(transport: str, port: int) -> Starter:
+    """New chats on the service, each in a session of its own: SSE (`POST /api/v1/chat/stream` on a
+    fresh connection each) or WebSocket (a socket each)."""
+    tag = f"c{random.randrange(1 << 30)}"  # noqa: S311 - fresh session ids per phase
+    message = "Tell me about shipping"
+    if transport == "SSE":
+
+        def sse(i: int) -> Awaitable[StreamResult]:
+            body = orjson.dumps({"session_id": f"{tag}-{i}", "message": message})
+            return sse_stream(port, http_request("POST", "/api/v1/chat/stream", port, body, True))
+
+        return sse
+    url = f"ws://127.0.0.1:{port}/api/v1/chat/ws"
+
+    def ws(i: int) -> Awaitable[StreamResult]:
+        frame = orjson.dumps({"type": "chat", "session_id": f"{tag}-{i}", "message": message})
+        return ws_stream(url, frame.decode())
+
+    return ws
+
+
+def bare_streams(transport: str, port: int, tokens: int, ms: float) -> Starter:
+    """The bare app's streams of `tokens` events `ms` apart: SSE (`/sse`) or WebSocket (`/ws`)."""
+    if transport == "SSE":
+        request = http_request("GET", f"/sse?n={tokens}&ms={ms:g}", port, close=True)
+        return lambda i: sse_stream(port, request)
+    frame = orjson.dumps({"type": "stream", "n": tokens, "ms": ms}).decode()
+    return lambda i: ws_stream(f"ws://127.0.0.1:{port}/ws", frame)

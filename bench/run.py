@@ -418,39 +418,17 @@ class Bench:
         if svc.errors:
             self.report.notes.append(f"history read errors: {svc.errors}")
 
-    def _svc_sse(self, level: int, port: int | None = None) -> Any:
-        port = port or self.svc_stream.port
-        tag = f"sse{level}-{random.randrange(1 << 30)}"  # noqa: S311
+    def _svc_sse(self, port: int | None = None) -> loadgen.Starter:
+        return loadgen.service_chats("SSE", port or self.svc_stream.port)
 
-        def start(i: int) -> Any:
-            body = orjson.dumps({"session_id": f"{tag}-{i}", "message": "Tell me about shipping"})
-            return loadgen.sse_stream(
-                port, loadgen.http_request("POST", "/api/v1/chat/stream", port, body, True)
-            )
+    def _svc_ws(self) -> loadgen.Starter:
+        return loadgen.service_chats("WebSocket", self.svc_stream.port)
 
-        return start
+    def _bare_sse(self, ms: float) -> loadgen.Starter:
+        return loadgen.bare_streams("SSE", self.bare.port, self.size.tokens, ms)
 
-    def _svc_ws(self, level: int) -> Any:
-        url = f"ws://127.0.0.1:{self.svc_stream.port}/api/v1/chat/ws"
-        tag = f"ws{level}-{random.randrange(1 << 30)}"  # noqa: S311
-
-        def start(i: int) -> Any:
-            frame = orjson.dumps(
-                {"type": "chat", "session_id": f"{tag}-{i}", "message": "Tell me about shipping"}
-            )
-            return loadgen.ws_stream(url, frame.decode())
-
-        return start
-
-    def _bare_sse(self, ms: float) -> Any:
-        port = self.bare.port
-        request = loadgen.http_request("GET", f"/sse?n={self.size.tokens}&ms={ms:g}", port, close=True)
-        return lambda i: loadgen.sse_stream(port, request)
-
-    def _bare_ws(self, ms: float) -> Any:
-        url = f"ws://127.0.0.1:{self.bare.port}/ws"
-        frame = orjson.dumps({"type": "stream", "n": self.size.tokens, "ms": ms}).decode()
-        return lambda i: loadgen.ws_stream(url, frame)
+    def _bare_ws(self, ms: float) -> loadgen.Starter:
+        return loadgen.bare_streams("WebSocket", self.bare.port, self.size.tokens, ms)
 
     async def streaming(self) -> None:
         """Streams at each level against the bare endpoint. At the levels of the bar (<= 100 per
@@ -460,7 +438,7 @@ class Bench:
         s = self.size
         for transport in ("SSE", "WebSocket"):
             for level in s.levels:
-                svc_start = self._svc_sse(level) if transport == "SSE" else self._svc_ws(level)
+                svc_start = self._svc_sse() if transport == "SSE" else self._svc_ws()
                 bare_start = self._bare_sse(s.token_ms) if transport == "SSE" else self._bare_ws(s.token_ms)
                 in_bar = level <= 100 * self.workers
                 bares: list[loadgen.StreamPhase] = []
@@ -546,7 +524,7 @@ class Bench:
             order = names if i % 2 == 0 else names[::-1]  # drift hits every transport alike
             for name in ["bare", *order]:
                 proc = self.bare if name == "bare" else self.ab_services[name]
-                start = self._bare_sse(s.token_ms) if name == "bare" else self._svc_sse(s.ab_level, proc.port)
+                start = self._bare_sse(s.token_ms) if name == "bare" else self._svc_sse(proc.port)
                 if name != "bare":
                     # Unmeasured first: every transport starts with a warm pool. Otherwise one that keeps
                     # idle connections forever starts warm and one that expires them starts cold.
@@ -601,7 +579,7 @@ class Bench:
         done: dict[str, list[float]] = {n: [] for n in ["bare", *names]}
         procs = {"bare": self.bare, **self.obs_services}
         for name, proc in procs.items():  # warm: imports, pools, the exporter's first connection
-            start = self._bare_sse(s.token_ms) if name == "bare" else self._svc_sse(4, proc.port)
+            start = self._bare_sse(s.token_ms) if name == "bare" else self._svc_sse(proc.port)
             await loadgen.stream_phase(4, start, s.stream_timeout)
         for i in range(s.ab_rounds):
             order = ["bare", *names] if i % 2 == 0 else ["bare", *names[::-1]]  # drift hits all alike
@@ -614,7 +592,7 @@ class Bench:
                 rps[name].append(loop.rps)
                 await self.settle()
                 level = s.ab_level
-                start = self._bare_sse(s.token_ms) if name == "bare" else self._svc_sse(level, proc.port)
+                start = self._bare_sse(s.token_ms) if name == "bare" else self._svc_sse(proc.port)
                 phase = await loadgen.stream_phase(level, start, s.stream_timeout)
                 p99[name].append(phase.first_token_ms(99))
                 done[name].append(phase.completion)
@@ -807,7 +785,7 @@ class Bench:
             await loadgen.request_loop(proc.port, lambda i, m=make: m, 2, 30, max_requests=6)
         get = loadgen.http_request("GET", "/health", self.bare.port)
         await loadgen.request_loop(self.bare.port, lambda i: get, 2, 30, max_requests=20)
-        for start in (self._svc_sse(0), self._svc_ws(0), self._bare_sse(0), self._bare_ws(0)):
+        for start in (self._svc_sse(), self._svc_ws(), self._bare_sse(0), self._bare_ws(0)):
             await loadgen.stream_phase(4, start, 30)
 
     async def run_all(self) -> None:

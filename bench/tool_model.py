@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from typing import Any
 
 import orjson
+
+from tests.openai_server import RAW_STREAM_HEAD, chat_chunk, chunked, serve_raw_http
 
 GET_ORDER = ("get_order", {"order_id": "ORD-1001", "customer_email": "alice@example.com"})
 CREATE_ORDER = (
@@ -25,68 +26,32 @@ CREATE_ORDER = (
         "shipping_address": "1 Bench Road, Springfield",
     },
 )
-_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-
-
-def _chunked(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def _frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    chunk = {
-        "id": "chatcmpl-tool",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": "test-model",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return _chunked(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
 
 def answer(body: bytes) -> bytes:
     """The whole streamed reply to one request."""
     messages = orjson.loads(body).get("messages", []) if body else []
     last = messages[-1] if messages else {}
-    out = [_frame({"role": "assistant", "content": ""})]
+    out = [frame({"role": "assistant", "content": ""})]
     if last.get("role") == "tool":
-        out += [_frame({"content": "Here is "}), _frame({"content": "your order."}), _frame({}, "stop")]
+        out += [frame({"content": "Here is "}), frame({"content": "your order."}), frame({}, "stop")]
     else:
         name, arguments = CREATE_ORDER if "buy" in str(last.get("content", "")) else GET_ORDER
         call = {"index": 0, "id": "call_1", "type": "function"}
         call["function"] = {"name": name, "arguments": orjson.dumps(arguments).decode()}
-        out += [_frame({"tool_calls": [call]}), _frame({}, "tool_calls")]
-    return _HEAD + b"".join(out) + _chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+        out += [frame({"tool_calls": [call]}), frame({}, "tool_calls")]
+    return RAW_STREAM_HEAD + b"".join(out) + chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+
+
+def frame(delta: dict[str, object], finish: str | None = None) -> bytes:
+    return chat_chunk(delta, finish, cid="chatcmpl-tool")
 
 
 async def serve(port: int) -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                body = await reader.readexactly(length) if length else b""
-                if head.startswith(b"GET"):
-                    models = orjson.dumps(
-                        {"object": "list", "data": [{"id": "test-model", "object": "model"}]}
-                    )
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                        % (len(models), models)
-                    )
-                else:
-                    writer.write(answer(body))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def respond(target: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer(body))
 
-    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=2048)
-    async with server:
-        await server.serve_forever()
+    await serve_raw_http(port, respond)
 
 
 def main() -> None:

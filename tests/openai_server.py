@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,14 +218,7 @@ class ScriptedOpenAI:
 
     async def _chunks(self, cid: str, reply: Reply) -> AsyncIterator[bytes]:
         def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            chunk = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": "test-model",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+            return chat_event(delta, finish, cid)
 
         sent = 0
         yield frame({"role": "assistant", "content": ""})
@@ -441,7 +434,64 @@ async def running_openai_server(
         yield server
 
 
-_RAW_STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+RAW_STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+Respond = Callable[[bytes, bytes, asyncio.StreamWriter], Awaitable[None]]  # (target, body, writer)
+
+
+def chunked(data: bytes) -> bytes:
+    """One chunk of a chunked HTTP/1.1 body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def chat_event(delta: dict[str, Any], finish: str | None = None, cid: str = "chatcmpl-raw") -> bytes:
+    """One Chat Completions stream chunk as an SSE event."""
+    chunk = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "test-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def chat_chunk(delta: dict[str, Any], finish: str | None = None, cid: str = "chatcmpl-raw") -> bytes:
+    """`chat_event` in its own HTTP chunk."""
+    return chunked(chat_event(delta, finish, cid))
+
+
+async def serve_raw_http(port: int, respond: Respond) -> None:
+    """Keep-alive HTTP/1.1 on plain asyncio, for stand-in models that cost their host next to
+    nothing: GET answers the model list, every other request is `respond(target, body, writer)`."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length) if length else b""
+                if head.startswith(b"GET"):
+                    models = orjson.dumps(
+                        {"object": "list", "data": [{"id": "test-model", "object": "model"}]}
+                    )
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                        % (len(models), models)
+                    )
+                else:
+                    await respond(head.split(b" ", 2)[1], body, writer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=2048)
+    async with server:
+        await server.serve_forever()
 
 
 async def serve_raw(port: int, tokens: int, delay: float) -> None:
@@ -452,19 +502,7 @@ async def serve_raw(port: int, tokens: int, delay: float) -> None:
     chunks, or as Responses events on a `/responses` path); GET gets the model list.
     """
     words = [f"tok{i}" for i in range(tokens)]
-
-    def chunked(data: bytes) -> bytes:
-        return b"%x\r\n%s\r\n" % (len(data), data)
-
-    def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        chunk = {
-            "id": "chatcmpl-raw",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": "test-model",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return chunked(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    frame = chat_chunk
 
     def chat_frames() -> list[bytes]:
         frames = [frame({"role": "assistant", "content": ""})]
@@ -531,42 +569,17 @@ async def serve_raw(port: int, tokens: int, delay: float) -> None:
         )
         return frames
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                body = await reader.readexactly(length) if length else b""
-                if head.startswith(b"GET"):
-                    models = orjson.dumps(
-                        {"object": "list", "data": [{"id": "test-model", "object": "model"}]}
-                    )
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                        % (len(models), models)
-                    )
-                    continue
-                target = head.split(b" ", 2)[1]
-                frames = responses_frames(body) if b"/responses" in target else chat_frames()
-                writer.write(_RAW_STREAM_HEAD + frames[0])
-                for i, data in enumerate(frames[1:-1]):
-                    if delay and i:
-                        await writer.drain()
-                        await asyncio.sleep(delay)
-                    writer.write(data)
-                writer.write(frames[-1] + b"0\r\n\r\n")
+    async def respond(target: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        frames = responses_frames(body) if b"/responses" in target else chat_frames()
+        writer.write(RAW_STREAM_HEAD + frames[0])
+        for i, data in enumerate(frames[1:-1]):
+            if delay and i:
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+                await asyncio.sleep(delay)
+            writer.write(data)
+        writer.write(frames[-1] + b"0\r\n\r\n")
 
-    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=2048)
-    async with server:
-        await server.serve_forever()
+    await serve_raw_http(port, respond)
 
 
 def main() -> None:

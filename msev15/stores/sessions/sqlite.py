@@ -5,8 +5,9 @@ asyncio lock inside each process and by a lease row across processes (renewed wh
 runs, so a crashed worker's lease simply runs out). Several hosts need the Redis store.
 
 Every store call is one function run in the connection's own thread (one hop off the event
-loop, one short transaction): workers contend only for SQLite's write lock, briefly, never for
-a Python lock held across an await. Taking the lease also reads the session, which the turn
+loop); the writes that queue up together share one short transaction (stores/sqlite_thread.py):
+workers contend only for SQLite's write lock, briefly, never for a Python lock held across an
+await. Taking the lease also reads the session, which the turn
 holding it then gets without another call.
 """
 
